@@ -1,0 +1,11 @@
+//! A provider made of the file fixture connectors, started by tests the way a host starts one.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    sluice_provider_core::wasmcloud::run(
+        "sluice-test-provider",
+        sluice_integration::fixture::FileSource,
+        sluice_integration::fixture::FileSink,
+    )
+    .await
+}

@@ -1,0 +1,285 @@
+//! The link table: every link this provider serves, as a source or as a sink, and the tasks and
+//! writers behind them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::ConfigReader;
+use crate::link::{LinkError, LinkErrorReason, LinkKey, LinkSpec, Role};
+use crate::metrics::{LinkMetrics, MetricsSnapshot};
+use crate::sink::{SinkConnector, SinkLink, SinkSettings};
+use crate::source::{run_source, Ingest, RunnerSettings, SourceConnector};
+use crate::{Failure, Message};
+
+struct SourceLink {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    metrics: Arc<LinkMetrics>,
+}
+
+/// The delivery engine of one provider: its source links (each a running
+/// [runner](crate::source::run_source)), its sink links, and the links it refused.
+///
+/// It knows nothing of wasmCloud: [`crate::wasmcloud`] feeds it links and calls, and a 2.x host
+/// plugin or a standalone wRPC service could do the same.
+pub struct Engine<S: SourceConnector, K: SinkConnector> {
+    source: S,
+    sink: K,
+    sources: Mutex<HashMap<LinkKey, SourceLink>>,
+    sinks: RwLock<HashMap<LinkKey, Arc<SinkLink<K::Writer>>>>,
+    refused: Mutex<BTreeMap<(Role, LinkKey), String>>,
+}
+
+/// A refused link and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RefusedLink {
+    /// `source` or `sink`.
+    pub role: String,
+    /// The component at the other end.
+    pub component: String,
+    /// The link name.
+    pub name: String,
+    /// The error, naming the key at fault.
+    pub error: String,
+}
+
+/// A live link and its counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LinkStatus {
+    /// `source` or `sink`.
+    pub role: String,
+    /// The component at the other end.
+    pub component: String,
+    /// The link name.
+    pub name: String,
+    /// Its counters.
+    pub metrics: MetricsSnapshot,
+}
+
+/// What the engine is doing: live links with counters, and refused links with their errors.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Status {
+    /// Links being served.
+    pub links: Vec<LinkStatus>,
+    /// Links refused since they were last put successfully.
+    pub refused: Vec<RefusedLink>,
+}
+
+impl<S: SourceConnector, K: SinkConnector> Engine<S, K> {
+    /// An engine with no links, for a provider made of `source` and `sink`.
+    pub fn new(source: S, sink: K) -> Self {
+        Self {
+            source,
+            sink,
+            sources: Mutex::default(),
+            sinks: RwLock::default(),
+            refused: Mutex::default(),
+        }
+    }
+
+    fn refuse(&self, role: Role, key: &LinkKey, reason: LinkErrorReason) -> LinkError {
+        let err = LinkError {
+            key: key.clone(),
+            role,
+            reason,
+        };
+        error!(%role, component = %key.component, link = %key.name, error = %err, "link refused");
+        lock(&self.refused).insert((role, key.clone()), err.to_string());
+        err
+    }
+
+    fn warn_unread(role: Role, key: &LinkKey, config: &ConfigReader<'_>) {
+        let unread = config.unread_keys();
+        if !unread.is_empty() {
+            warn!(%role, component = %key.component, link = %key.name, keys = ?unread, "ignoring unknown link config keys");
+        }
+    }
+
+    /// Starts feeding the component of `spec` through `ingest`. `make_ingest` gets the link's
+    /// delivery deadline. A link that is already running is restarted with the new config.
+    pub async fn put_source_link<I, F, Fut>(&self, spec: LinkSpec, make_ingest: F) -> Result<(), LinkError>
+    where
+        I: Ingest,
+        F: FnOnce(std::time::Duration) -> Fut,
+        Fut: Future<Output = anyhow::Result<I>>,
+    {
+        let key = spec.key.clone();
+        if !S::ENABLED {
+            return Err(self.refuse(Role::Source, &key, LinkErrorReason::Unsupported(Role::Source)));
+        }
+        let reader_config = ConfigReader::new(&spec.config, &spec.secrets);
+        let settings =
+            RunnerSettings::from_config(&reader_config).map_err(|e| self.refuse(Role::Source, &key, e.into()))?;
+        let config = self
+            .source
+            .parse_config(&reader_config)
+            .map_err(|e| self.refuse(Role::Source, &key, e.into()))?;
+        Self::warn_unread(Role::Source, &key, &reader_config);
+        self.delete_source_link(&key).await;
+        let reader = self
+            .source
+            .open(&key, config)
+            .await
+            .map_err(|e| self.refuse(Role::Source, &key, LinkErrorReason::Open(e)))?;
+        let ingest = make_ingest(settings.deliver_timeout).await.map_err(|e| {
+            self.refuse(
+                Role::Source,
+                &key,
+                LinkErrorReason::Open(crate::ConnectorError::msg(format!("{e:#}"))),
+            )
+        })?;
+        let metrics = Arc::new(LinkMetrics::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_source(
+            key.clone(),
+            reader,
+            Arc::new(ingest),
+            settings,
+            Arc::clone(&metrics),
+            stop.clone(),
+        ));
+        lock(&self.refused).remove(&(Role::Source, key.clone()));
+        lock(&self.sources).insert(key.clone(), SourceLink { stop, task, metrics });
+        info!(component = %key.component, link = %key.name, "source link started");
+        Ok(())
+    }
+
+    /// Stops a source link: no more polling, in-flight batches finish (within `drain_timeout`)
+    /// and are acknowledged. Returns once the link has stopped; `false` if there was no such link.
+    pub async fn delete_source_link(&self, key: &LinkKey) -> bool {
+        lock(&self.refused).remove(&(Role::Source, key.clone()));
+        let Some(link) = lock(&self.sources).remove(key) else {
+            return false;
+        };
+        link.stop.cancel();
+        if let Err(err) = link.task.await {
+            error!(component = %key.component, link = %key.name, %err, "source link task failed");
+        }
+        info!(component = %key.component, link = %key.name, "source link stopped");
+        true
+    }
+
+    /// Starts serving `sink.write` for the component of `spec`. A link that already exists is
+    /// replaced once its running writes are done.
+    pub async fn put_sink_link(&self, spec: LinkSpec) -> Result<(), LinkError> {
+        let key = spec.key.clone();
+        if !K::ENABLED {
+            return Err(self.refuse(Role::Sink, &key, LinkErrorReason::Unsupported(Role::Sink)));
+        }
+        let reader_config = ConfigReader::new(&spec.config, &spec.secrets);
+        let settings =
+            SinkSettings::from_config(&reader_config).map_err(|e| self.refuse(Role::Sink, &key, e.into()))?;
+        let config = self
+            .sink
+            .parse_config(&reader_config)
+            .map_err(|e| self.refuse(Role::Sink, &key, e.into()))?;
+        Self::warn_unread(Role::Sink, &key, &reader_config);
+        let writer = self
+            .sink
+            .open(&key, config)
+            .await
+            .map_err(|e| self.refuse(Role::Sink, &key, LinkErrorReason::Open(e)))?;
+        let link = Arc::new(SinkLink {
+            writer,
+            permits: Arc::new(Semaphore::new(settings.max_concurrent_writes)),
+            settings,
+            metrics: Arc::new(LinkMetrics::default()),
+        });
+        lock(&self.refused).remove(&(Role::Sink, key.clone()));
+        let old = write_lock(&self.sinks).insert(key.clone(), link);
+        if let Some(old) = old {
+            if let Err(err) = old.drain().await {
+                warn!(component = %key.component, link = %key.name, error = %err, "closing the replaced sink failed");
+            }
+        }
+        info!(component = %key.component, link = %key.name, "sink link started");
+        Ok(())
+    }
+
+    /// Stops a sink link: new writes are refused, running writes finish, the writer flushes.
+    /// `false` if there was no such link.
+    pub async fn delete_sink_link(&self, key: &LinkKey) -> bool {
+        lock(&self.refused).remove(&(Role::Sink, key.clone()));
+        let Some(link) = write_lock(&self.sinks).remove(key) else {
+            return false;
+        };
+        if let Err(err) = link.drain().await {
+            warn!(component = %key.component, link = %key.name, error = %err, "closing the sink failed");
+        }
+        info!(component = %key.component, link = %key.name, "sink link stopped");
+        true
+    }
+
+    /// Serves one `sink.write` from `component` over its link `link_name`. A component with no
+    /// such link gets an error and never reaches another component's sink.
+    pub async fn write(&self, component: &str, link_name: &str, batch: Vec<Message>) -> Result<(), Failure> {
+        let key = LinkKey::new(component, link_name);
+        let link = read_lock(&self.sinks).get(&key).cloned();
+        match link {
+            Some(link) => link.write(&key, batch).await,
+            None => {
+                warn!(component, link = link_name, "write from a component with no sink link");
+                Err(Failure::Retry(format!(
+                    "no sink link: {key} is not linked to this provider"
+                )))
+            }
+        }
+    }
+
+    /// Stops every link, draining sources and flushing sinks. Safe to call more than once.
+    pub async fn shutdown(&self) {
+        let sources: Vec<LinkKey> = lock(&self.sources).keys().cloned().collect();
+        let sinks: Vec<LinkKey> = read_lock(&self.sinks).keys().cloned().collect();
+        futures::future::join_all(sources.iter().map(|k| self.delete_source_link(k))).await;
+        futures::future::join_all(sinks.iter().map(|k| self.delete_sink_link(k))).await;
+    }
+
+    /// Live links with their counters, and refused links with their errors.
+    pub fn status(&self) -> Status {
+        let mut links: Vec<LinkStatus> = lock(&self.sources)
+            .iter()
+            .map(|(k, l)| (Role::Source, k, l.metrics.snapshot()))
+            .chain(
+                read_lock(&self.sinks)
+                    .iter()
+                    .map(|(k, l)| (Role::Sink, k, l.metrics.snapshot())),
+            )
+            .map(|(role, k, metrics)| LinkStatus {
+                role: role.to_string(),
+                component: k.component.clone(),
+                name: k.name.clone(),
+                metrics,
+            })
+            .collect();
+        links.sort_by(|a, b| (&a.role, &a.component, &a.name).cmp(&(&b.role, &b.component, &b.name)));
+        let refused = lock(&self.refused)
+            .iter()
+            .map(|((role, k), error)| RefusedLink {
+                role: role.to_string(),
+                component: k.component.clone(),
+                name: k.name.clone(),
+                error: error.clone(),
+            })
+            .collect();
+        Status { links, refused }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read_lock<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write_lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,155 @@
+//! The one delivery engine behind every Sluice capability provider.
+//!
+//! A provider is a connector (how to read or write one system) on top of this crate, which owns
+//! everything else: the pipeline bindings, the link table, batching, bounded in-flight delivery,
+//! retries with backoff, acknowledgement in read order, dead letters, per-link sink routing and
+//! concurrency limits, typed config, counters, and shutdown.
+//!
+//! Connectors implement [`SourceConnector`] + [`SourceReader`] and/or [`SinkConnector`] +
+//! [`SinkWriter`]; none of these mention wasmCloud. Only [`wasmcloud`] (used by a provider's
+//! `main.rs`) does, so a connector can later sit behind a wasmCloud 2.x host plugin or a
+//! standalone wRPC service unchanged.
+
+pub mod backoff;
+pub mod config;
+pub mod engine;
+pub mod link;
+pub mod metrics;
+pub mod sink;
+pub mod source;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod wasmcloud;
+pub mod wrpc;
+
+/// Bindings for the `sluice:pipeline` WIT (`wit/` at the repository root), world `provider`:
+/// calls `ingest.deliver` on components, serves `sink.write`.
+pub mod bindings {
+    wit_bindgen_wrpc::generate!({
+        path: "../wit",
+        world: "provider",
+        additional_derives: [PartialEq, Eq],
+    });
+}
+
+pub use bindings::sluice::pipeline::types::{Failure, Message, Rejected};
+pub use config::{ConfigError, ConfigReader, Secret};
+pub use engine::{Engine, Status};
+pub use link::{LinkError, LinkKey, LinkSpec, Role};
+pub use sink::{SinkConnector, SinkWriter};
+pub use source::{Ingest, Record, RunnerSettings, SourceConnector, SourceReader};
+
+/// The pipeline WIT this crate was built from, for tools that check or render it.
+pub const PIPELINE_WIT: &str = include_str!("../../wit/pipeline.wit");
+
+/// An error from a connector's system (connection refused, authentication failed, write failed).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ConnectorError(Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl ConnectorError {
+    /// Wraps any error.
+    pub fn new(err: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self(err.into())
+    }
+
+    /// An error from a message.
+    pub fn msg(message: impl std::fmt::Display) -> Self {
+        Self(message.to_string().into())
+    }
+}
+
+/// A message with just a payload and an origin, for connectors and tests.
+impl Message {
+    /// A record with `payload` from `origin`, no key, no headers, no timestamp.
+    pub fn new(payload: impl Into<bytes::Bytes>, origin: impl Into<String>) -> Self {
+        Self {
+            key: None,
+            payload: payload.into(),
+            headers: Vec::new(),
+            timestamp_ms: None,
+            origin: origin.into(),
+        }
+    }
+}
+
+/// Stands in for the role a provider does not play: links in that role are refused with a clear
+/// error (e.g. a source-only provider linked as a sink).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unsupported;
+
+/// Never constructed: the reader and writer of [`Unsupported`].
+#[derive(Debug)]
+pub enum Never {}
+
+impl SourceConnector for Unsupported {
+    type Config = ();
+    type Reader = Never;
+    const ENABLED: bool = false;
+
+    fn parse_config(&self, _: &ConfigReader<'_>) -> Result<(), ConfigError> {
+        Ok(())
+    }
+
+    async fn open(&self, _: &LinkKey, (): ()) -> Result<Never, ConnectorError> {
+        Err(ConnectorError::msg("unsupported"))
+    }
+}
+
+impl SourceReader for Never {
+    type Ack = ();
+
+    async fn poll(&mut self, _: usize) -> Result<Vec<Record<()>>, ConnectorError> {
+        match *self {}
+    }
+
+    async fn ack(&mut self, _: Vec<()>) -> Result<(), ConnectorError> {
+        match *self {}
+    }
+}
+
+impl SinkConnector for Unsupported {
+    type Config = ();
+    type Writer = Never;
+    const ENABLED: bool = false;
+
+    fn parse_config(&self, _: &ConfigReader<'_>) -> Result<(), ConfigError> {
+        Ok(())
+    }
+
+    async fn open(&self, _: &LinkKey, (): ()) -> Result<Never, ConnectorError> {
+        Err(ConnectorError::msg("unsupported"))
+    }
+}
+
+impl SinkWriter for Never {
+    async fn write(&self, _: Vec<Message>) -> Result<(), Failure> {
+        match *self {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wit_parses_with_every_world() {
+        let mut resolve = wit_parser::Resolve::default();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let (pkg, _) = resolve.push_dir(&dir).expect("wit/ parses");
+        let package = &resolve.packages[pkg];
+        assert_eq!(package.name.to_string(), "sluice:pipeline@0.1.0");
+        for world in [
+            "step",
+            "logic",
+            "in-harness",
+            "out-harness",
+            "source-provider",
+            "sink-provider",
+            "provider",
+        ] {
+            assert!(package.worlds.contains_key(world), "world {world} missing");
+        }
+        for iface in ["types", "ingest", "sink", "transform"] {
+            assert!(package.interfaces.contains_key(iface), "interface {iface} missing");
+        }
+    }
+}

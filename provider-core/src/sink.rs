@@ -1,0 +1,117 @@
+//! Sinks: a connector writes batches to its system; the engine routes each `sink.write` to the
+//! calling component's own link and bounds how many writes a link runs at once.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::config::{ConfigError, ConfigReader};
+use crate::link::LinkKey;
+use crate::metrics::LinkMetrics;
+use crate::{ConnectorError, Failure, Message};
+
+/// A sink system, as a connector sees it: how to read a link's config and open a writer.
+pub trait SinkConnector: Send + Sync + 'static {
+    /// The connector's typed config for one link.
+    type Config: Send + 'static;
+    /// Writes one link's batches.
+    type Writer: SinkWriter;
+
+    /// `false` for [`crate::Unsupported`]: the provider refuses links in this role.
+    const ENABLED: bool = true;
+
+    /// Parses a link's config. Keys the engine itself reads are already taken.
+    fn parse_config(&self, config: &ConfigReader<'_>) -> Result<Self::Config, ConfigError>;
+
+    /// Connects to the system for one link.
+    fn open(
+        &self,
+        link: &LinkKey,
+        config: Self::Config,
+    ) -> impl Future<Output = Result<Self::Writer, ConnectorError>> + Send;
+}
+
+/// Writes batches of one link to a sink system.
+pub trait SinkWriter: Send + Sync + 'static {
+    /// Writes a batch. `Ok` only once every record is durable in the target; `Failure::Retry` when
+    /// nothing may be assumed kept; `Failure::Reject` for records that can never be written.
+    fn write(&self, batch: Vec<Message>) -> impl Future<Output = Result<(), Failure>> + Send;
+
+    /// Flushes and closes; called once when the link is deleted, after its last write.
+    fn close(&self) -> impl Future<Output = Result<(), ConnectorError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// How a sink link bounds its work. Read from the link config by the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSettings {
+    /// `max_concurrent_writes`: writes running at once for this link; more are answered `retry`
+    /// (default 4).
+    pub max_concurrent_writes: usize,
+}
+
+impl SinkSettings {
+    /// Reads the engine's keys from a link's config.
+    pub fn from_config(config: &ConfigReader<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            max_concurrent_writes: config.positive_or("max_concurrent_writes", 4)?,
+        })
+    }
+}
+
+/// One live sink link.
+pub(crate) struct SinkLink<W> {
+    pub(crate) writer: W,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) settings: SinkSettings,
+    pub(crate) metrics: Arc<LinkMetrics>,
+}
+
+impl<W: SinkWriter> SinkLink<W> {
+    /// Writes a batch if the link has a free slot, else answers `retry`.
+    pub(crate) async fn write(&self, key: &LinkKey, batch: Vec<Message>) -> Result<(), Failure> {
+        let Ok(_permit) = self.permits.try_acquire() else {
+            LinkMetrics::add(&self.metrics.busy, 1);
+            return Err(Failure::Retry(format!(
+                "sink busy: {key} already has {} writes in flight",
+                self.settings.max_concurrent_writes
+            )));
+        };
+        let _gauge = crate::metrics::InFlight::enter(&self.metrics.in_flight);
+        let records = batch.len();
+        let span = tracing::info_span!(
+            "write",
+            component = %key.component,
+            link = %key.name,
+            records,
+            bytes = batch.iter().map(|m| m.payload.len()).sum::<usize>(),
+            outcome = tracing::field::Empty,
+        );
+        let result = tracing::Instrument::instrument(self.writer.write(batch), span.clone()).await;
+        match &result {
+            Ok(()) => {
+                LinkMetrics::add(&self.metrics.written, records);
+                span.record("outcome", "written");
+            }
+            Err(Failure::Retry(_)) => {
+                LinkMetrics::add(&self.metrics.write_failures, 1);
+                span.record("outcome", "retry");
+            }
+            Err(Failure::Reject(rejected)) => {
+                LinkMetrics::add(&self.metrics.write_failures, 1);
+                LinkMetrics::add(&self.metrics.written, records.saturating_sub(rejected.len()));
+                span.record("outcome", "rejected");
+            }
+        }
+        result
+    }
+
+    /// Waits for running writes to finish, then closes the writer.
+    pub(crate) async fn drain(&self) -> Result<(), ConnectorError> {
+        let max = u32::try_from(self.settings.max_concurrent_writes).unwrap_or(u32::MAX);
+        let _all = self.permits.acquire_many(max).await;
+        self.writer.close().await
+    }
+}

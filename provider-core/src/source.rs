@@ -1,0 +1,453 @@
+//! Sources: a connector reads its system; the [runner](run_source) batches what it reads, delivers
+//! it to the linked component, and acknowledges only what the component accepted.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info_span, warn, Instrument as _};
+
+use crate::backoff::Backoff;
+use crate::config::{ConfigError, ConfigReader};
+use crate::link::LinkKey;
+use crate::metrics::{InFlight, LinkMetrics};
+use crate::{ConnectorError, Failure, Message};
+
+/// A source system, as a connector sees it: how to read a link's config and open a reader.
+pub trait SourceConnector: Send + Sync + 'static {
+    /// The connector's typed config for one link.
+    type Config: Send + 'static;
+    /// Reads one link's records.
+    type Reader: SourceReader;
+
+    /// `false` for [`crate::Unsupported`]: the provider refuses links in this role.
+    const ENABLED: bool = true;
+
+    /// Parses a link's config. Keys the engine itself reads (batching, retries) are already taken.
+    fn parse_config(&self, config: &ConfigReader<'_>) -> Result<Self::Config, ConfigError>;
+
+    /// Connects to the system for one link.
+    fn open(
+        &self,
+        link: &LinkKey,
+        config: Self::Config,
+    ) -> impl Future<Output = Result<Self::Reader, ConnectorError>> + Send;
+}
+
+/// One record read from a source system, with what is needed to acknowledge it.
+#[derive(Debug)]
+pub struct Record<A> {
+    /// The record.
+    pub message: Message,
+    /// Given back to [`SourceReader::ack`] once the record is done with.
+    pub ack: A,
+    /// Records with the same order key reach the component in the order they were read.
+    pub order_key: Option<u64>,
+}
+
+impl<A> Record<A> {
+    /// A record with no ordering constraint.
+    pub fn new(message: Message, ack: A) -> Self {
+        Self {
+            message,
+            ack,
+            order_key: None,
+        }
+    }
+
+    /// Keeps this record in order with every other record of the same `key` (a partition, a topic).
+    #[must_use]
+    pub fn ordered_by(mut self, key: impl Hash) -> Self {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        self.order_key = Some(hasher.finish());
+        self
+    }
+}
+
+/// Reads records of one link from a source system.
+pub trait SourceReader: Send + 'static {
+    /// What acknowledges one record (an offset, a packet id, an object key).
+    type Ack: Send + 'static;
+
+    /// Returns up to `max` records, waiting until at least one is available.
+    ///
+    /// Must be cancel-safe: the runner drops this future when a delivery completes or the link
+    /// stops, and records it had already taken must not be lost (keep them for the next call).
+    fn poll(&mut self, max: usize) -> impl Future<Output = Result<Vec<Record<Self::Ack>>, ConnectorError>> + Send;
+
+    /// Acknowledges records the component accepted (or that were dead-lettered), always in the
+    /// order they were read: every record read before these has been acknowledged already.
+    fn ack(&mut self, acks: Vec<Self::Ack>) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+
+    /// Stores records the component rejected for good, with the reason. The default logs them
+    /// with their origin; connectors with a dead-letter destination write them there.
+    fn dead_letter(
+        &mut self,
+        rejected: Vec<(Message, String)>,
+    ) -> impl Future<Output = Result<(), ConnectorError>> + Send {
+        for (message, reason) in &rejected {
+            warn!(origin = %message.origin, %reason, "record rejected; no dead-letter destination configured");
+        }
+        async { Ok(()) }
+    }
+
+    /// Called once when the link stops, after the last acknowledgement.
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Something that hands a batch to a component: the linked component's `ingest.deliver`.
+pub trait Ingest: Send + Sync + 'static {
+    /// Delivers one batch. The outer error is the transport's (no responder, connection lost).
+    fn deliver(&self, batch: &[Message]) -> impl Future<Output = Result<Result<(), Failure>, anyhow::Error>> + Send;
+}
+
+/// How a source link batches, bounds and retries. Read from the link config by the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerSettings {
+    /// `max_batch_records`: most records in one batch (default 64).
+    pub max_batch_records: usize,
+    /// `max_batch_bytes`: a batch is sent once its payloads reach this size (default 1MiB).
+    pub max_batch_bytes: u64,
+    /// `linger`: how long a partial batch waits for more records (default 20ms).
+    pub linger: Duration,
+    /// `max_in_flight`: most batches outstanding at once (default 4).
+    pub max_in_flight: usize,
+    /// `deliver_timeout`: deadline of one `deliver` call (default 30s).
+    pub deliver_timeout: Duration,
+    /// `retry_initial` / `retry_max`: backoff between attempts (default 100ms / 10s).
+    pub backoff: Backoff,
+    /// `max_retries`: attempts after which a batch is dead-lettered; absent or 0: retry forever.
+    pub max_retries: Option<u32>,
+    /// `drain_timeout`: on link delete or shutdown, how long in-flight batches may take (default 30s).
+    pub drain_timeout: Duration,
+}
+
+impl Default for RunnerSettings {
+    fn default() -> Self {
+        Self {
+            max_batch_records: 64,
+            max_batch_bytes: 1 << 20,
+            linger: Duration::from_millis(20),
+            max_in_flight: 4,
+            deliver_timeout: Duration::from_secs(30),
+            backoff: Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(10),
+            },
+            max_retries: None,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RunnerSettings {
+    /// Reads the engine's keys from a link's config.
+    pub fn from_config(config: &ConfigReader<'_>) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let max_retries = config.parse::<u32>("max_retries", "a whole number")?;
+        Ok(Self {
+            max_batch_records: config.positive_or("max_batch_records", d.max_batch_records)?,
+            max_batch_bytes: config.size_or("max_batch_bytes", d.max_batch_bytes)?,
+            linger: config.duration_or("linger", d.linger)?,
+            max_in_flight: config.positive_or("max_in_flight", d.max_in_flight)?,
+            deliver_timeout: config.duration_or("deliver_timeout", d.deliver_timeout)?,
+            backoff: Backoff {
+                initial: config.duration_or("retry_initial", d.backoff.initial)?,
+                max: config.duration_or("retry_max", d.backoff.max)?,
+            },
+            max_retries: max_retries.filter(|n| *n > 0),
+            drain_timeout: config.duration_or("drain_timeout", d.drain_timeout)?,
+        })
+    }
+}
+
+/// Records read but not yet sent, for one ordering lane.
+struct Pending {
+    messages: Vec<Message>,
+    /// Read positions of `messages`.
+    positions: Vec<u64>,
+    bytes: u64,
+    since: Instant,
+}
+
+/// Acknowledgement tokens of every record read and not yet acknowledged, in read order: the
+/// front is released once it is done, so acknowledgements follow read order.
+struct AckQueue<A> {
+    /// Read position of the front entry.
+    front: u64,
+    entries: VecDeque<(A, bool)>,
+}
+
+impl<A> AckQueue<A> {
+    fn push(&mut self, ack: A) -> u64 {
+        self.entries.push_back((ack, false));
+        self.front + self.entries.len() as u64 - 1
+    }
+
+    fn finish(&mut self, positions: &[u64]) {
+        for p in positions {
+            if let Some(entry) = self.entries.get_mut((p - self.front) as usize) {
+                entry.1 = true;
+            }
+        }
+    }
+
+    /// Takes the done records at the front.
+    fn release(&mut self) -> Vec<A> {
+        let done = self.entries.iter().take_while(|(_, done)| *done).count();
+        self.front += done as u64;
+        self.entries.drain(..done).map(|(ack, _)| ack).collect()
+    }
+}
+
+/// Runs one source link until `stop` is cancelled, then drains it.
+///
+/// Batches close at `max_batch_records`, `max_batch_bytes` or after `linger`; at most
+/// `max_in_flight` are outstanding, and while every slot is taken and the next batch is full the
+/// reader is not polled. Records with an order key travel in a lane of their own (one batch in
+/// flight per lane). Acknowledgements are released strictly in read order: a record is
+/// acknowledged once it and every record read before it are done (accepted or dead-lettered).
+pub async fn run_source<R: SourceReader, I: Ingest>(
+    link: LinkKey,
+    mut reader: R,
+    ingest: Arc<I>,
+    settings: RunnerSettings,
+    metrics: Arc<LinkMetrics>,
+    stop: CancellationToken,
+) {
+    let lanes_count = settings.max_in_flight as u64;
+    let is_full = |p: &Pending| p.messages.len() >= settings.max_batch_records || p.bytes >= settings.max_batch_bytes;
+    let mut pending: HashMap<Option<u64>, Pending> = HashMap::new();
+    let mut busy_lanes: HashSet<u64> = HashSet::new();
+    let mut acks = AckQueue {
+        front: 0,
+        entries: VecDeque::new(),
+    };
+    type Done = (Option<u64>, Vec<u64>, Vec<(Message, String)>);
+    let mut inflight: JoinSet<Done> = JoinSet::new();
+    let mut poll_failures = 0u32;
+    let mut poll_paused_until: Option<Instant> = None;
+    let mut drain_deadline: Option<Instant> = None;
+
+    loop {
+        let stopping = drain_deadline.is_some();
+        // Send every batch that is due and has a free slot, oldest first.
+        let now = Instant::now();
+        let mut due: Vec<Option<u64>> = pending
+            .iter()
+            .filter(|(lane, p)| {
+                let lane_free = lane.is_none_or(|l| !busy_lanes.contains(&l));
+                lane_free && (is_full(p) || stopping || p.since + settings.linger <= now)
+            })
+            .map(|(lane, _)| *lane)
+            .collect();
+        due.sort_by_key(|lane| pending[lane].since);
+        for lane in due {
+            if inflight.len() >= settings.max_in_flight {
+                break;
+            }
+            let batch = pending.remove(&lane).expect("due lane is pending");
+            if let Some(l) = lane {
+                busy_lanes.insert(l);
+            }
+            let span = info_span!(
+                "batch",
+                component = %link.component,
+                link = %link.name,
+                records = batch.messages.len(),
+                bytes = batch.bytes,
+                outcome = tracing::field::Empty,
+            );
+            let task = deliver_batch(
+                Arc::clone(&ingest),
+                batch.messages,
+                settings.clone(),
+                Arc::clone(&metrics),
+            );
+            let positions = batch.positions;
+            inflight.spawn(async move { (lane, positions, task.await) }.instrument(span));
+        }
+
+        if stopping && pending.is_empty() && inflight.is_empty() {
+            break;
+        }
+
+        let paused = poll_paused_until.is_some_and(|t| t > now);
+        let can_poll = !stopping && !paused && !pending.values().any(is_full);
+        let largest = pending.values().map(|p| p.messages.len()).max().unwrap_or(0);
+        let room = settings.max_batch_records.saturating_sub(largest).max(1);
+        let wake_at = pending
+            .values()
+            .map(|p| p.since + settings.linger)
+            .chain(poll_paused_until.filter(|_| paused))
+            .chain(drain_deadline)
+            .min();
+
+        tokio::select! {
+            biased;
+            () = stop.cancelled(), if !stopping => {
+                debug!(%link, "stopping: draining in-flight batches");
+                drain_deadline = Some(Instant::now() + settings.drain_timeout);
+            }
+            Some(joined) = inflight.join_next(), if !inflight.is_empty() => match joined {
+                Ok((lane, positions, dead)) => {
+                    if let Some(lane) = lane {
+                        busy_lanes.remove(&lane);
+                    }
+                    if !dead.is_empty() && !dead_letter(&link, &mut reader, dead, &metrics, &settings, &stop).await {
+                        // Not stored anywhere: leave these records (and all read after them)
+                        // unacknowledged, so the source system offers them again.
+                        break;
+                    }
+                    acks.finish(&positions);
+                    let released = acks.release();
+                    if !released.is_empty() {
+                        let count = released.len();
+                        match reader.ack(released).await {
+                            Ok(()) => LinkMetrics::add(&metrics.acked, count),
+                            // Delivered all the same; a lost acknowledgement means they may come again.
+                            Err(err) => warn!(%link, error = %err, records = count, "acknowledgement failed"),
+                        }
+                    }
+                }
+                Err(err) if err.is_cancelled() => {}
+                Err(err) => error!(%link, %err, "delivery task failed"),
+            },
+            () = sleep_until(wake_at.unwrap_or(now)), if wake_at.is_some() => {
+                if drain_deadline.is_some_and(|d| d <= Instant::now()) {
+                    warn!(%link, unfinished = inflight.len(), "drain timed out; unfinished batches stay unacknowledged");
+                    break;
+                }
+            }
+            polled = reader.poll(room), if can_poll => match polled {
+                Ok(records) => {
+                    poll_failures = 0;
+                    poll_paused_until = None;
+                    LinkMetrics::add(&metrics.polled, records.len());
+                    for record in records {
+                        let lane = record.order_key.map(|k| k % lanes_count);
+                        let p = pending.entry(lane).or_insert_with(|| Pending {
+                            messages: Vec::new(),
+                            positions: Vec::new(),
+                            bytes: 0,
+                            since: Instant::now(),
+                        });
+                        p.bytes += record.message.payload.len() as u64;
+                        p.messages.push(record.message);
+                        p.positions.push(acks.push(record.ack));
+                    }
+                }
+                Err(err) => {
+                    poll_failures += 1;
+                    let delay = settings.backoff.delay(poll_failures);
+                    warn!(%link, error = %err, ?delay, "reading the source failed; retrying");
+                    poll_paused_until = Some(Instant::now() + delay);
+                }
+            },
+        }
+    }
+    inflight.abort_all();
+    reader.close().await;
+    debug!(%link, unacknowledged = acks.entries.len(), "source link stopped");
+}
+
+/// Hands rejected records to the reader's dead-letter destination, retrying while the link runs.
+/// Returns `false` if they could not be stored before the link stopped.
+async fn dead_letter<R: SourceReader>(
+    link: &LinkKey,
+    reader: &mut R,
+    dead: Vec<(Message, String)>,
+    metrics: &LinkMetrics,
+    settings: &RunnerSettings,
+    stop: &CancellationToken,
+) -> bool {
+    let count = dead.len();
+    let mut attempt = 0;
+    loop {
+        match reader.dead_letter(dead.clone()).await {
+            Ok(()) => {
+                LinkMetrics::add(&metrics.dead_lettered, count);
+                return true;
+            }
+            Err(err) => {
+                attempt += 1;
+                if stop.is_cancelled() && attempt > 3 {
+                    error!(%link, error = %err, "dead-letter failed while stopping; leaving the records unacknowledged");
+                    return false;
+                }
+                let delay = settings.backoff.delay(attempt);
+                warn!(%link, error = %err, ?delay, "dead-letter failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Delivers one batch until it is accepted, rejected, out of retries, or the link's drain ends.
+/// Returns the records to dead-letter, with reasons.
+async fn deliver_batch<I: Ingest>(
+    ingest: Arc<I>,
+    mut messages: Vec<Message>,
+    settings: RunnerSettings,
+    metrics: Arc<LinkMetrics>,
+) -> Vec<(Message, String)> {
+    let _gauge = InFlight::enter(&metrics.in_flight);
+    let span = tracing::Span::current();
+    let mut attempt = 0u32;
+    loop {
+        let reason = match timeout(settings.deliver_timeout, ingest.deliver(&messages)).await {
+            Ok(Ok(Ok(()))) => {
+                LinkMetrics::add(&metrics.delivered, messages.len());
+                span.record("outcome", "delivered");
+                return Vec::new();
+            }
+            Ok(Ok(Err(Failure::Reject(rejected)))) => {
+                let mut reasons: BTreeMap<usize, String> = BTreeMap::new();
+                for r in rejected {
+                    let index = r.index as usize;
+                    if index < messages.len() {
+                        reasons.insert(index, r.reason);
+                    } else {
+                        warn!(
+                            index,
+                            records = messages.len(),
+                            "component rejected a record index outside the batch"
+                        );
+                    }
+                }
+                LinkMetrics::add(&metrics.rejected, reasons.len());
+                LinkMetrics::add(&metrics.delivered, messages.len() - reasons.len());
+                span.record("outcome", "rejected");
+                let mut dead = Vec::with_capacity(reasons.len());
+                for (index, reason) in reasons.into_iter().rev() {
+                    dead.push((messages.swap_remove(index), reason));
+                }
+                dead.reverse();
+                return dead;
+            }
+            Ok(Ok(Err(Failure::Retry(reason)))) => format!("component asked to retry: {reason}"),
+            Ok(Err(err)) => format!("delivery failed: {err:#}"),
+            Err(_) => format!("no answer within {:?}", settings.deliver_timeout),
+        };
+        attempt += 1;
+        metrics.retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if settings.max_retries.is_some_and(|max| attempt > max) {
+            span.record("outcome", "retries exhausted");
+            warn!(%reason, attempts = attempt, "batch out of retries; dead-lettering it");
+            let reason = format!("out of retries after {attempt} attempts: {reason}");
+            return messages.into_iter().map(|m| (m, reason.clone())).collect();
+        }
+        let delay = settings.backoff.delay(attempt);
+        debug!(%reason, attempt, ?delay, "retrying batch");
+        // While draining, this keeps trying until the drain deadline aborts the task.
+        tokio::time::sleep(delay).await;
+    }
+}
