@@ -302,11 +302,12 @@ impl HostedProvider {
         let body = serde_json::to_vec(&link.to_json(&self.host_xkey, &self.provider_xkey)?)?;
         self.nats.publish(subject, body.into()).await?;
         self.nats.flush().await?;
-        let (component, name) = self.component_end(&link);
+        let (role, component, name) = self.component_end(&link);
         self.wait_status(Duration::from_secs(15), |s| {
-            let live = s.links.iter().map(|l| (&l.component, &l.name));
-            let refused = s.refused.iter().map(|r| (&r.component, &r.name));
-            live.chain(refused).any(|(c, n)| c == component && n == name)
+            let live = s.links.iter().map(|l| (&l.role, &l.component, &l.name));
+            let refused = s.refused.iter().map(|r| (&r.role, &r.component, &r.name));
+            live.chain(refused)
+                .any(|(r, c, n)| r == role && c == component && n == name)
         })
         .await?;
         self.links.retain(|l| !l.same_link(&link));
@@ -314,11 +315,12 @@ impl HostedProvider {
         Ok(())
     }
 
-    fn component_end<'a>(&self, link: &'a Link) -> (&'a str, &'a str) {
+    /// The provider's role in `link`, and the component and name that identify it.
+    fn component_end<'a>(&self, link: &'a Link) -> (&'static str, &'a str, &'a str) {
         if link.source_id == self.provider_key {
-            (&link.target, &link.name)
+            ("source", &link.target, &link.name)
         } else {
-            (&link.source_id, &link.name)
+            ("sink", &link.source_id, &link.name)
         }
     }
 
@@ -328,13 +330,29 @@ impl HostedProvider {
         let body = serde_json::to_vec(&link.to_json(&self.host_xkey, &self.provider_xkey)?)?;
         self.nats.publish(subject, body.into()).await?;
         self.nats.flush().await?;
-        let (component, name) = self.component_end(link);
+        let (role, component, name) = self.component_end(link);
         self.wait_status(Duration::from_secs(60), |s| {
-            !s.links.iter().any(|l| l.component == component && l.name == name)
+            !s.links
+                .iter()
+                .any(|l| l.role == role && l.component == component && l.name == name)
         })
         .await?;
         self.links.retain(|l| !l.same_link(link));
         Ok(())
+    }
+
+    /// The provider's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Resident memory of the provider process, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     /// Kills the provider with SIGKILL: no drain, no acknowledgement, no goodbye.

@@ -211,8 +211,8 @@ impl<A> AckQueue<A> {
 /// Runs one source link until `stop` is cancelled, then drains it.
 ///
 /// Batches close at `max_batch_records`, `max_batch_bytes` or after `linger`; at most
-/// `max_in_flight` are outstanding, and while every slot is taken and the next batch is full the
-/// reader is not polled. Records with an order key travel in a lane of their own (one batch in
+/// `max_in_flight` are outstanding, and the reader is not polled while the next batch is full or
+/// `max_in_flight * max_batch_records` records wait for acknowledgement. Records with an order key travel in a lane of their own (one batch in
 /// flight per lane). Acknowledgements are released strictly in read order: a record is
 /// acknowledged once it and every record read before it are done (accepted or dead-lettered).
 pub async fn run_source<R: SourceReader, I: Ingest>(
@@ -224,6 +224,7 @@ pub async fn run_source<R: SourceReader, I: Ingest>(
     stop: CancellationToken,
 ) {
     let lanes_count = settings.max_in_flight as u64;
+    let max_unacked = settings.max_in_flight * settings.max_batch_records;
     let is_full = |p: &Pending| p.messages.len() >= settings.max_batch_records || p.bytes >= settings.max_batch_bytes;
     let mut pending: HashMap<Option<u64>, Pending> = HashMap::new();
     let mut busy_lanes: HashSet<u64> = HashSet::new();
@@ -281,7 +282,9 @@ pub async fn run_source<R: SourceReader, I: Ingest>(
         }
 
         let paused = poll_paused_until.is_some_and(|t| t > now);
-        let can_poll = !stopping && !paused && !pending.values().any(is_full);
+        // Records read but not yet acknowledged stay bounded even behind one slow batch.
+        let unacked_full = acks.entries.len() >= max_unacked;
+        let can_poll = !stopping && !paused && !unacked_full && !pending.values().any(is_full);
         let largest = pending.values().map(|p| p.messages.len()).max().unwrap_or(0);
         let room = settings.max_batch_records.saturating_sub(largest).max(1);
         let wake_at = pending
