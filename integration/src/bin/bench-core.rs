@@ -36,7 +36,9 @@ async fn engine_rate(nats: &NatsServer, batch: usize, records: usize) -> anyhow:
     let started = Instant::now();
     engine
         .put_source_link(spec, |_| async move {
-            Ok(WrpcIngest::new(wrpc_transport_nats::Client::new(client, prefix, None).await?))
+            Ok(WrpcIngest::new(
+                wrpc_transport_nats::Client::new(client, prefix, None).await?,
+            ))
         })
         .await?;
     let done = stream
