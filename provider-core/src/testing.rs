@@ -63,6 +63,11 @@ impl MemoryStream {
         self.polled.load(Relaxed)
     }
 
+    /// How many records were acknowledged so far.
+    pub fn acked_count(&self) -> usize {
+        lock(&self.acked).len()
+    }
+
     /// Offsets acknowledged so far, in acknowledgement order.
     pub fn acked(&self) -> Vec<u64> {
         lock(&self.acked).clone()

@@ -42,7 +42,7 @@ async fn engine_rate(nats: &NatsServer, batch: usize, records: usize) -> anyhow:
         })
         .await?;
     let done = stream
-        .wait_for(Duration::from_secs(300), |s| s.acked().len() == records)
+        .wait_for(Duration::from_secs(300), |s| s.acked_count() == records)
         .await;
     anyhow::ensure!(done, "engine run did not finish");
     let elapsed = started.elapsed();
@@ -75,6 +75,8 @@ async fn raw_rate(nats: &NatsServer, batch: usize, records: usize) -> anyhow::Re
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // As in a provider: a subscriber at the usual level, so disabled trace spans cost nothing.
+    sluice_integration::init_tracing();
     let nats = NatsServer::start()?;
     println!("records of {PAYLOAD} B, one nats-server on 127.0.0.1; raw = sequential async-nats request/reply");
     println!("carrying the same bytes per request; engine = provider-core runner, max_in_flight 4, wRPC");
