@@ -82,6 +82,16 @@ impl ServerProcess {
         )
     }
 
+    /// Stops the server with SIGTERM (letting it persist its state) and waits for it to exit.
+    pub fn terminate(&mut self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {} failed", self.name);
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// The server's working directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -147,4 +157,164 @@ impl NatsServer {
     pub fn process(&self) -> &ServerProcess {
         &self.process
     }
+}
+
+/// Mosquitto (MQTT 5 / 3.1.1) with persistence, on a plain listener, a password listener and a TLS
+/// listener (CA and server certificate made with openssl for `localhost`/`127.0.0.1`).
+#[derive(Debug)]
+pub struct Mosquitto {
+    process: ServerProcess,
+    /// Anonymous plain listener.
+    pub port: u16,
+    /// Plain listener requiring `user`/`password`.
+    pub auth_port: u16,
+    /// TLS listener requiring `user`/`password`.
+    pub tls_port: u16,
+    command: Vec<String>,
+}
+
+impl Mosquitto {
+    /// User name accepted on the password and TLS listeners.
+    pub const USER: &'static str = "sluice";
+    /// Its password.
+    pub const PASSWORD: &'static str = "pipeline-pass";
+
+    /// Starts Mosquitto, installing it (Debian `mosquitto`, `mosquitto-clients`) when missing.
+    pub fn start() -> anyhow::Result<Self> {
+        ensure_installed("mosquitto", &["sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients openssl"])?;
+        let dir = temp_dir("mosquitto")?;
+        let (port, auth_port, tls_port) = (free_port(), free_port(), free_port());
+        make_certificates(&dir)?;
+        let passwd = dir.join("passwd");
+        let status = Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(&passwd)
+            .args([Self::USER, Self::PASSWORD])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "mosquitto_passwd failed");
+        let d = dir.display();
+        let config = format!(
+            "per_listener_settings true\npersistence true\npersistence_location {d}/\nautosave_interval 1\n\
+             user root\nmax_queued_messages 0\nmax_inflight_messages 1000\n\
+             listener {port} 127.0.0.1\nallow_anonymous true\n\
+             listener {auth_port} 127.0.0.1\nallow_anonymous false\npassword_file {d}/passwd\n\
+             listener {tls_port} 127.0.0.1\nallow_anonymous false\npassword_file {d}/passwd\n\
+             cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n"
+        );
+        std::fs::write(dir.join("mosquitto.conf"), config)?;
+        let command = vec!["mosquitto".to_string(), "-c".to_string(), format!("{d}/mosquitto.conf")];
+        let process = Self::spawn(&command, dir)?;
+        let mut server = Self {
+            process,
+            port,
+            auth_port,
+            tls_port,
+            command,
+        };
+        server.wait()?;
+        Ok(server)
+    }
+
+    fn spawn(command: &[String], dir: PathBuf) -> anyhow::Result<ServerProcess> {
+        let mut c = Command::new(&command[0]);
+        c.args(&command[1..]);
+        ServerProcess::spawn("mosquitto", c, dir)
+    }
+
+    fn wait(&mut self) -> anyhow::Result<()> {
+        for port in [self.port, self.auth_port, self.tls_port] {
+            self.process.wait_for_port(port, Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    /// Stops Mosquitto gracefully (it saves its sessions) and starts it again on the same ports.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.terminate()?;
+        let dir = self.process.dir().to_path_buf();
+        // ServerProcess::spawn truncates the log; keep the old one.
+        let _ = std::fs::rename(dir.join("mosquitto.log"), dir.join("mosquitto.before-restart.log"));
+        self.process = Self::spawn(&self.command, dir)?;
+        self.wait()
+    }
+
+    /// `mqtt://127.0.0.1:PORT` of the anonymous listener.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA certificate (PEM) that signed the TLS listener's certificate.
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.process.dir().join("ca.pem")).unwrap_or_default()
+    }
+
+    /// The server process (its directory and log).
+    pub fn process(&self) -> &ServerProcess {
+        &self.process
+    }
+}
+
+/// A CA and a server certificate for `localhost`/`127.0.0.1` signed by it (`CA:FALSE`).
+fn make_certificates(dir: &Path) -> anyhow::Result<()> {
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "openssl {args:?} failed");
+        Ok(())
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )?;
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sluice-test-ca",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ])?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ])?;
+    Ok(())
 }

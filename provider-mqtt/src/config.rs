@@ -1,0 +1,392 @@
+//! Link config of the MQTT source and sink. Every key is documented in the crate's README.
+
+use std::time::Duration;
+
+use sluice_provider_core::{ConfigError, ConfigReader, LinkKey, Secret};
+
+/// MQTT protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT 5.
+    V5,
+    /// MQTT 3.1.1.
+    V311,
+}
+
+/// Quality of service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Qos {
+    /// At most once.
+    AtMostOnce = 0,
+    /// At least once.
+    AtLeastOnce = 1,
+    /// Exactly once.
+    ExactlyOnce = 2,
+}
+
+/// TLS settings for `mqtts://` brokers.
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    /// PEM CA certificate(s) to trust (config `tls_ca`); the system roots are not used.
+    pub ca_pem: Option<String>,
+    /// PEM client certificate (config `tls_client_cert`).
+    pub client_cert_pem: Option<String>,
+    /// PEM client private key (secret `tls_client_key`).
+    pub client_key_pem: Option<Secret>,
+}
+
+/// How to reach and log in to a broker; shared by source and sink links.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// `Some` for `mqtts://`.
+    pub tls: Option<Tls>,
+    /// Protocol version (`protocol`: `5` or `3.1.1`).
+    pub protocol: Protocol,
+    /// Client id (`client_id`); `None`: derived from the component and link by [`Connection::client_id`].
+    pub client_id: Option<String>,
+    /// Keep-alive interval (`keep_alive`).
+    pub keep_alive: Duration,
+    /// `username` (config or secret) and secret `password`.
+    pub credentials: Option<(String, Secret)>,
+    /// How long connecting may take (`connect_timeout`).
+    pub connect_timeout: Duration,
+}
+
+impl Connection {
+    fn parse(config: &ConfigReader<'_>) -> Result<Self, ConfigError> {
+        let url = config.required_str("url")?;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            ConfigError::invalid(
+                "url",
+                format!("expected mqtt://host:port or mqtts://host:port, got `{url}`"),
+            )
+        })?;
+        let tls = match scheme {
+            "mqtt" | "tcp" => None,
+            "mqtts" | "ssl" => Some(Tls {
+                ca_pem: config.str("tls_ca").map(str::to_string),
+                client_cert_pem: config.str("tls_client_cert").map(str::to_string),
+                client_key_pem: config.secret("tls_client_key")?,
+            }),
+            other => {
+                return Err(ConfigError::invalid(
+                    "url",
+                    format!("unknown scheme `{other}`: use mqtt:// or mqtts://"),
+                ))
+            }
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse()
+                    .map_err(|_| ConfigError::invalid("url", format!("bad port `{port}` in `{url}`")))?,
+            ),
+            None => (rest, if tls.is_some() { 8883 } else { 1883 }),
+        };
+        if host.is_empty() {
+            return Err(ConfigError::invalid("url", format!("no host in `{url}`")));
+        }
+        let protocol = match config.str("protocol").unwrap_or("5") {
+            "5" | "5.0" | "v5" => Protocol::V5,
+            "3.1.1" | "4" | "v4" | "v3.1.1" => Protocol::V311,
+            other => {
+                return Err(ConfigError::invalid(
+                    "protocol",
+                    format!("expected `5` or `3.1.1`, got `{other}`"),
+                ))
+            }
+        };
+        let client_id = config.str("client_id").filter(|id| !id.is_empty()).map(str::to_string);
+        let username = match config.str("username") {
+            Some(u) => Some(u.to_string()),
+            None => config
+                .secret("username")?
+                .map(|s| s.expose_str().unwrap_or_default().to_string()),
+        };
+        let password = config.secret("password")?;
+        let credentials = match (username, password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (Some(u), None) => Some((u, Secret::new(Vec::new()))),
+            (None, Some(_)) => return Err(ConfigError::Missing { key: "username".into() }),
+            (None, None) => None,
+        };
+        Ok(Self {
+            host: host.to_string(),
+            port,
+            tls,
+            protocol,
+            client_id,
+            keep_alive: config.duration_or("keep_alive", Duration::from_secs(30))?,
+            credentials,
+            connect_timeout: config.duration_or("connect_timeout", Duration::from_secs(10))?,
+        })
+    }
+
+    /// The configured client id, or a stable one derived from the link (`role` tells a link's
+    /// source, sink and dead-letter connections apart), so a restarted provider resumes its session.
+    pub fn client_id(&self, link: &LinkKey, role: &str) -> String {
+        self.client_id.clone().unwrap_or_else(|| {
+            format!("sluice-{role}-{}-{}", link.component, link.name)
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        })
+    }
+
+    /// `host:port`, for origins and logs.
+    pub fn broker(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+fn parse_qos(config: &ConfigReader<'_>) -> Result<Qos, ConfigError> {
+    match config.str("qos").unwrap_or("1") {
+        "0" => Ok(Qos::AtMostOnce),
+        "1" => Ok(Qos::AtLeastOnce),
+        "2" => Ok(Qos::ExactlyOnce),
+        other => Err(ConfigError::invalid(
+            "qos",
+            format!("expected 0, 1 or 2, got `{other}`"),
+        )),
+    }
+}
+
+/// Config of a source link.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Broker connection.
+    pub connection: Connection,
+    /// Topic filters to subscribe to (`topics`, comma separated, wildcards allowed).
+    pub topics: Vec<String>,
+    /// Subscription QoS (`qos`).
+    pub qos: Qos,
+    /// Where rejected records are published (`dead_letter_topic`).
+    pub dead_letter_topic: Option<String>,
+    /// v5 session expiry (`session_expiry`): how long the broker keeps unacknowledged messages.
+    pub session_expiry: Duration,
+    /// Most unacknowledged messages the broker may send at once (`receive_maximum`, v5).
+    pub receive_maximum: u16,
+    /// QoS 0 messages buffered ahead of the pipeline before new ones are dropped (`max_buffered`).
+    pub max_buffered: usize,
+}
+
+impl SourceConfig {
+    /// Parses a source link's config.
+    pub fn parse(config: &ConfigReader<'_>) -> Result<Self, ConfigError> {
+        let connection = Connection::parse(config)?;
+        let topics: Vec<String> = config
+            .required_str("topics")?
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .collect();
+        if let Some(bad) = topics.iter().find(|t| !valid_filter(t)) {
+            return Err(ConfigError::invalid("topics", format!("invalid topic filter `{bad}`")));
+        }
+        let receive_maximum = config.positive_or("receive_maximum", 100)?;
+        Ok(Self {
+            connection,
+            topics,
+            qos: parse_qos(config)?,
+            dead_letter_topic: config
+                .str("dead_letter_topic")
+                .filter(|t| !t.is_empty())
+                .map(str::to_string),
+            session_expiry: config.duration_or("session_expiry", Duration::from_secs(3600))?,
+            max_buffered: config.positive_or("max_buffered", 10_000)?,
+            receive_maximum: u16::try_from(receive_maximum)
+                .map_err(|_| ConfigError::invalid("receive_maximum", "expected at most 65535"))?,
+        })
+    }
+}
+
+/// An MQTT topic filter: non-empty, `#` only last and alone in its level, `+` alone in its level.
+fn valid_filter(filter: &str) -> bool {
+    if filter.is_empty() {
+        return false;
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    levels.iter().enumerate().all(|(i, level)| match *level {
+        "#" => i == levels.len() - 1,
+        "+" => true,
+        l => !l.contains('#') && !l.contains('+'),
+    })
+}
+
+/// Config of a sink link.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Broker connection.
+    pub connection: Connection,
+    /// Topic to publish to (`topic`): fixed, or a template with `{key}` and `{header:NAME}`.
+    pub topic: TopicTemplate,
+    /// Publish QoS (`qos`).
+    pub qos: Qos,
+    /// Publish with the retain flag (`retain`).
+    pub retain: bool,
+    /// How long a batch may wait for the broker's acknowledgements (`publish_timeout`).
+    pub publish_timeout: Duration,
+}
+
+impl SinkConfig {
+    /// Parses a sink link's config.
+    pub fn parse(config: &ConfigReader<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            connection: Connection::parse(config)?,
+            topic: TopicTemplate::parse(config.required_str("topic")?)?,
+            qos: parse_qos(config)?,
+            retain: config.bool_or("retain", false)?,
+            publish_timeout: config.duration_or("publish_timeout", Duration::from_secs(30))?,
+        })
+    }
+}
+
+/// A publish topic: literal parts and `{key}` / `{header:NAME}` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicTemplate(Vec<Part>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Key,
+    Header(String),
+}
+
+impl TopicTemplate {
+    /// Parses `plant/{header:site}/{key}`.
+    pub fn parse(template: &str) -> Result<Self, ConfigError> {
+        let bad = |reason: String| ConfigError::invalid("topic", reason);
+        if template.contains('#') || template.contains('+') {
+            return Err(bad(format!("`{template}` has a wildcard; a publish topic cannot")));
+        }
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(start) = rest.find('{') {
+            if start > 0 {
+                parts.push(Part::Literal(rest[..start].to_string()));
+            }
+            let end = rest[start..]
+                .find('}')
+                .ok_or_else(|| bad(format!("unclosed `{{` in `{template}`")))?;
+            let field = &rest[start + 1..start + end];
+            parts.push(match field {
+                "key" => Part::Key,
+                f => match f.strip_prefix("header:") {
+                    Some(name) if !name.is_empty() => Part::Header(name.to_string()),
+                    _ => return Err(bad(format!("unknown field `{{{f}}}`: use {{key}} or {{header:NAME}}"))),
+                },
+            });
+            rest = &rest[start + end + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_string()));
+        }
+        if parts.is_empty() {
+            return Err(ConfigError::Missing { key: "topic".into() });
+        }
+        Ok(Self(parts))
+    }
+
+    /// The topic for one record, or why it has none.
+    pub fn render(&self, key: Option<&[u8]>, headers: &[(String, bytes::Bytes)]) -> Result<String, String> {
+        let mut topic = String::new();
+        for part in &self.0 {
+            match part {
+                Part::Literal(s) => topic.push_str(s),
+                Part::Key => {
+                    let key = key.ok_or("the topic uses {key} but the record has no key")?;
+                    topic.push_str(std::str::from_utf8(key).map_err(|_| "the record key is not UTF-8")?);
+                }
+                Part::Header(name) => {
+                    let value = headers
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .ok_or_else(|| format!("the topic uses {{header:{name}}} but the record has no such header"))?;
+                    topic.push_str(std::str::from_utf8(&value.1).map_err(|_| format!("header `{name}` is not UTF-8"))?);
+                }
+            }
+        }
+        if topic.is_empty() || topic.contains('#') || topic.contains('+') {
+            return Err(format!("`{topic}` is not a valid publish topic"));
+        }
+        Ok(topic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn parse_source(pairs: &[(&str, &str)]) -> Result<SourceConfig, ConfigError> {
+        let values: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let secrets = HashMap::new();
+        SourceConfig::parse(&ConfigReader::new(&values, &secrets))
+    }
+
+    #[test]
+    fn source_defaults() {
+        let c = parse_source(&[("url", "mqtt://127.0.0.1:1884"), ("topics", "a/+/c, d/#")]).unwrap();
+        assert_eq!(c.connection.host, "127.0.0.1");
+        assert_eq!(c.connection.port, 1884);
+        assert!(c.connection.tls.is_none());
+        assert_eq!(c.connection.protocol, Protocol::V5);
+        assert_eq!(
+            c.connection.client_id(&LinkKey::new("comp/a", "default"), "src"),
+            "sluice-src-comp_a-default"
+        );
+        assert_eq!(c.topics, vec!["a/+/c", "d/#"]);
+        assert_eq!(c.qos, Qos::AtLeastOnce);
+        let tls = parse_source(&[("url", "mqtts://broker"), ("topics", "x"), ("protocol", "3.1.1")]).unwrap();
+        assert_eq!(tls.connection.port, 8883);
+        assert_eq!(tls.connection.protocol, Protocol::V311);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let key = |pairs: &[(&str, &str)]| parse_source(pairs).unwrap_err().key().to_string();
+        assert_eq!(key(&[("url", "mqtt://h"), ("topics", "a"), ("qos", "3")]), "qos");
+        assert_eq!(key(&[("url", "mqtt://h"), ("topics", "")]), "topics");
+        assert_eq!(key(&[("url", "mqtt://h"), ("topics", "a,,b")]), "topics");
+        assert_eq!(key(&[("url", "mqtt://h"), ("topics", "a/#/b")]), "topics");
+        assert_eq!(
+            key(&[("url", "mqtt://h"), ("topics", "a"), ("protocol", "4.0")]),
+            "protocol"
+        );
+        assert_eq!(key(&[("url", "http://h"), ("topics", "a")]), "url");
+        assert_eq!(key(&[("url", "mqtt://h:port"), ("topics", "a")]), "url");
+        assert_eq!(key(&[("topics", "a")]), "url");
+        assert_eq!(
+            key(&[("url", "mqtt://h"), ("topics", "a"), ("password", "p")]),
+            "password"
+        );
+    }
+
+    #[test]
+    fn topic_templates() {
+        let t = TopicTemplate::parse("plant/{header:site}/{key}").unwrap();
+        let headers = vec![("site".to_string(), bytes::Bytes::from_static(b"north"))];
+        assert_eq!(t.render(Some(b"m1"), &headers).unwrap(), "plant/north/m1");
+        assert!(t.render(None, &headers).unwrap_err().contains("{key}"));
+        assert!(t.render(Some(b"m1"), &[]).unwrap_err().contains("site"));
+        assert!(t.render(Some(b"a/#"), &headers).is_err());
+        assert_eq!(
+            TopicTemplate::parse("fixed").unwrap().render(None, &[]).unwrap(),
+            "fixed"
+        );
+        for bad in ["a/#", "{nope}", "{header:}", "open{key"] {
+            assert_eq!(TopicTemplate::parse(bad).unwrap_err().key(), "topic", "{bad}");
+        }
+    }
+}
