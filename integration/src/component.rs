@@ -46,6 +46,8 @@ struct State {
     callers: Mutex<Vec<Option<String>>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    accepted_count: AtomicUsize,
+    keep_records: std::sync::atomic::AtomicBool,
     call_count: AtomicU64,
     changed: Notify,
     release: Notify,
@@ -74,20 +76,25 @@ impl bindings::exports::sluice::pipeline::ingest::Handler<Option<HeaderMap>> for
         let caller = cx.as_ref().and_then(|h| h.get("source-id")).map(ToString::to_string);
         let behaviour = Arc::clone(&state.behaviour.lock().unwrap());
         let reply = behaviour(&batch);
-        {
+        let keep = state.keep_records.load(SeqCst);
+        if keep {
             state.calls.lock().unwrap().push(batch.clone());
             state.callers.lock().unwrap().push(caller);
         }
         state.changed.notify_waiters();
         let result = match reply {
             Reply::Accept => {
-                state.accepted.lock().unwrap().extend(batch);
+                state.accepted_count.fetch_add(batch.len(), SeqCst);
+                if keep {
+                    state.accepted.lock().unwrap().extend(batch);
+                }
                 Ok(())
             }
             Reply::Reject(rejected) => {
                 let mut accepted = state.accepted.lock().unwrap();
                 for (i, m) in batch.into_iter().enumerate() {
                     if !rejected.iter().any(|(r, _)| *r as usize == i) {
+                        state.accepted_count.fetch_add(1, SeqCst);
                         accepted.push(m);
                     }
                 }
@@ -101,7 +108,10 @@ impl bindings::exports::sluice::pipeline::ingest::Handler<Option<HeaderMap>> for
             Reply::Retry(reason) => Err(Failure::Retry(reason)),
             Reply::AcceptAfter(pause) => {
                 tokio::time::sleep(pause).await;
-                state.accepted.lock().unwrap().extend(batch);
+                state.accepted_count.fetch_add(batch.len(), SeqCst);
+                if keep {
+                    state.accepted.lock().unwrap().extend(batch);
+                }
                 Ok(())
             }
             Reply::Stall => {
@@ -128,6 +138,8 @@ impl FakeComponent {
             callers: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            accepted_count: AtomicUsize::new(0),
+            keep_records: std::sync::atomic::AtomicBool::new(true),
             call_count: AtomicU64::new(0),
             changed: Notify::new(),
             release: Notify::new(),
@@ -182,6 +194,17 @@ impl FakeComponent {
     /// Every record accepted, in the order accepted.
     pub fn accepted(&self) -> Vec<Message> {
         self.state.accepted.lock().unwrap().clone()
+    }
+
+    /// How many records were accepted, without copying them.
+    pub fn accepted_count(&self) -> usize {
+        self.state.accepted_count.load(SeqCst)
+    }
+
+    /// Whether calls and accepted records are kept for [`Self::calls`] and [`Self::accepted`]
+    /// (default) or only counted, as a benchmark's component would.
+    pub fn keep_records(&self, keep: bool) {
+        self.state.keep_records.store(keep, SeqCst);
     }
 
     /// Calls running right now.

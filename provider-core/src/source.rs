@@ -449,7 +449,11 @@ async fn deliver_batch<I: Ingest>(
             return messages.into_iter().map(|m| (m, reason.clone())).collect();
         }
         let delay = settings.backoff.delay(attempt);
-        debug!(%reason, attempt, ?delay, "retrying batch");
+        if attempt == 1 {
+            warn!(%reason, ?delay, "batch not accepted; retrying");
+        } else {
+            debug!(%reason, attempt, ?delay, "retrying batch");
+        }
         // While draining, this keeps trying until the drain deadline aborts the task.
         tokio::time::sleep(delay).await;
     }

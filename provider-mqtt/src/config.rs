@@ -179,6 +179,9 @@ pub struct SourceConfig {
     pub receive_maximum: u16,
     /// QoS 0 messages buffered ahead of the pipeline before new ones are dropped (`max_buffered`).
     pub max_buffered: usize,
+    /// Keep each topic's messages in order through the pipeline (`ordered`, default true); off lets
+    /// batches of one topic be in flight together.
+    pub ordered: bool,
 }
 
 impl SourceConfig {
@@ -204,6 +207,7 @@ impl SourceConfig {
                 .map(str::to_string),
             session_expiry: config.duration_or("session_expiry", Duration::from_secs(3600))?,
             max_buffered: config.positive_or("max_buffered", 10_000)?,
+            ordered: config.bool_or("ordered", true)?,
             receive_maximum: u16::try_from(receive_maximum)
                 .map_err(|_| ConfigError::invalid("receive_maximum", "expected at most 65535"))?,
         })

@@ -156,8 +156,13 @@ impl MqttReader {
             timestamp_ms: Some(now_ms()),
             origin,
         };
-        // MQTT orders messages per topic; keep that order through the pipeline.
-        Record::new(message, ack).ordered_by(m.topic)
+        // MQTT orders messages per topic; keep that order through the pipeline unless told not to.
+        let record = Record::new(message, ack);
+        if self.config.ordered {
+            record.ordered_by(m.topic)
+        } else {
+            record
+        }
     }
 }
 
