@@ -125,6 +125,8 @@ async fn every_type_and_order_decodes_to_what_the_server_holds() {
         json!({"name": "temp", "table": "holding", "address": 500, "type": "i16", "scale": 0.1,
         "offset": -40, "unit": "degC"}),
     );
+    // Past the server's 1000 registers: the device answers exception 2 for that block only.
+    tags.push(json!({"name": "missing", "table": "holding", "address": 1000}));
     let server = ModbusServer::start(&json!({"units": [7], "size": 1000, "values": preset_values})).unwrap();
 
     let nats = NatsServer::start().unwrap();
@@ -143,7 +145,7 @@ async fn every_type_and_order_decodes_to_what_the_server_holds() {
         ))
         .await
         .unwrap();
-    let total = cases.len() + 6;
+    let total = cases.len() + 7;
     assert!(
         step.wait_for(Duration::from_secs(20), |s| s.accepted().len() >= total)
             .await,
@@ -184,6 +186,16 @@ async fn every_type_and_order_decodes_to_what_the_server_holds() {
     assert!((temp["value"].as_f64().unwrap() - 25.0).abs() < 1e-9, "{temp}");
     assert_eq!(temp["unit"], "degC");
     assert_eq!(message.origin, "modbus:plc/holding/500");
+    let (missing, _) = by_tag("missing");
+    assert_eq!(missing["quality"], "bad", "{missing}");
+    assert_eq!(missing["value"], Value::Null);
+    assert!(
+        missing["error"]
+            .as_str()
+            .unwrap()
+            .contains("exception 2 (IllegalDataAddress)"),
+        "{missing}"
+    );
     // One poll: every request was a merged block read, nothing was written.
     let requests = server.requests();
     assert!(requests.iter().all(|r| matches!(r.function, 1..=4)), "{requests:?}");
@@ -599,4 +611,62 @@ address = 0
         .unwrap()
         .unwrap();
     assert_eq!(raw.read_holding_registers(0, 1).await.unwrap().unwrap(), vec![7]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_on_change_sends_only_moves_beyond_the_deadband() {
+    sluice_integration::init_tracing();
+    let preset =
+        json!({"units": [1], "size": 10, "values": [{"table": "holding", "address": 0, "registers": [100, 0]}]});
+    let server = ModbusServer::start_with(sluice_integration::servers::free_port(), &preset, false).unwrap();
+    let nats = NatsServer::start().unwrap();
+    let client = nats.connect().await.unwrap();
+    let step = FakeComponent::serve(&client, "default", "change-step").await.unwrap();
+    let mut provider = HostedProvider::start(&nats, BINARY, PROVIDER, &[]).await.unwrap();
+    // `probe` (no deadband) is written together with `level` in one request, so a record of the
+    // probe's new value proves a poll saw the level's new value too.
+    let map = format!(
+        "[devices.tank]\naddress = \"{}\"\ninterval = \"50ms\"\n\
+         [[tags]]\nname = \"level\"\ntable = \"holding\"\naddress = 0\ndeadband = 5\n\
+         [[tags]]\nname = \"probe\"\ntable = \"holding\"\naddress = 1\n",
+        server.address()
+    );
+    provider
+        .put_link(Link::source(
+            PROVIDER,
+            "change-step",
+            "default",
+            &[
+                ("register_map", &map),
+                ("record_per", "tag"),
+                ("report_on_change", "true"),
+                ("linger", "5ms"),
+            ],
+        ))
+        .await
+        .unwrap();
+    let values = |s: &FakeComponent, tag: &str| -> Vec<Value> {
+        bodies(s)
+            .into_iter()
+            .filter(|b| b["tag"] == tag)
+            .map(|b| b["value"].clone())
+            .collect()
+    };
+    assert!(
+        step.wait_for(Duration::from_secs(20), |s| values(s, "level") == [json!(100)]
+            && values(s, "probe") == [json!(0)])
+            .await
+    );
+    let mut raw = raw_client(&server, 1).await;
+    for (level, probe) in [(103u16, 1u16), (96, 2), (110, 3), (106, 4), (104, 5)] {
+        raw.write_multiple_registers(0, &[level, probe]).await.unwrap().unwrap();
+        assert!(
+            step.wait_for(Duration::from_secs(20), |s| values(s, "probe").contains(&json!(probe)))
+                .await
+        );
+    }
+    // Unchanged polls sent nothing; the level went out only when it moved more than 5 from the
+    // last value sent (100 -> 110 -> 104).
+    assert_eq!(values(&step, "probe"), [0, 1, 2, 3, 4, 5].map(|v| json!(v)));
+    assert_eq!(values(&step, "level"), [json!(100), json!(110), json!(104)]);
 }
