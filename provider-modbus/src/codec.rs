@@ -63,6 +63,20 @@ impl Value {
     }
 }
 
+/// As JSON: booleans, numbers and strings; a non-finite float is `null`.
+impl serde::Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Bool(b) => serializer.serialize_bool(*b),
+            Self::Unsigned(v) => serializer.serialize_u64(*v),
+            Self::Signed(v) => serializer.serialize_i64(*v),
+            Self::Float(v) if v.is_finite() => serializer.serialize_f64(*v),
+            Self::Float(_) => serializer.serialize_unit(),
+            Self::Text(s) => serializer.serialize_str(s),
+        }
+    }
+}
+
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.to_json())

@@ -10,7 +10,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Map, Value as Json};
+use serde::ser::SerializeMap as _;
+use serde::Serialize;
 use sluice_provider_core::backoff::Backoff;
 use sluice_provider_core::{ConnectorError, Message, Record, SourceReader};
 use tokio::sync::mpsc;
@@ -152,7 +153,7 @@ struct Poller {
     blocks: Vec<ReadBlock>,
     connection: Connection,
     settings: Arc<SourceSettings>,
-    /// Last reported reading per tag index.
+    /// With report-on-change: the last reported reading, by tag index.
     reported: HashMap<usize, Reading>,
     tx: mpsc::Sender<Vec<Message>>,
 }
@@ -169,7 +170,11 @@ impl Poller {
         let mut failures = 0u32;
         let mut next = Instant::now();
         loop {
-            sleep_until(next).await;
+            // Only sleep when the next poll is due later: the timer's resolution would otherwise
+            // add up to a millisecond to back-to-back polls.
+            if next > Instant::now() {
+                sleep_until(next).await;
+            }
             let started = Instant::now();
             let timestamp = now_ms();
             let polled = self.poll_once().await;
@@ -194,7 +199,7 @@ impl Poller {
                 return;
             }
             // A poll that overran its interval starts the next one at once, not a burst of them.
-            next = (started + wait).max(Instant::now());
+            next = started + wait;
         }
     }
 
@@ -246,78 +251,134 @@ impl Poller {
             n if n == readings.len() => "bad",
             _ => "partial",
         };
-        let mut report = Vec::with_capacity(readings.len());
-        for (i, reading) in readings {
-            let tag = &self.map.tags[i];
-            if !self.settings.report_on_change || reading.changed_from(self.reported.get(&i), tag.deadband) {
-                self.reported.insert(i, reading.clone());
-                report.push((i, reading));
-            }
-        }
+        let report: Vec<(usize, Reading)> = if self.settings.report_on_change {
+            readings
+                .into_iter()
+                .filter(|(i, reading)| {
+                    let changed = reading.changed_from(self.reported.get(i), self.map.tags[*i].deadband);
+                    if changed {
+                        self.reported.insert(*i, reading.clone());
+                    }
+                    changed
+                })
+                .collect()
+        } else {
+            readings
+        };
         if report.is_empty() {
             return Vec::new();
         }
-        let device = self.name().to_string();
+        let device = self.name();
+        let map = &self.map;
         match self.settings.record_per {
             RecordPer::Tag => report
-                .into_iter()
+                .iter()
                 .map(|(i, reading)| {
-                    let tag = &self.map.tags[i];
-                    let mut body = Map::new();
-                    body.insert("device".into(), json!(device));
-                    body.insert("tag".into(), json!(tag.name));
-                    body.insert("timestamp_ms".into(), json!(timestamp));
-                    match reading {
-                        Reading::Good(v) => {
-                            body.insert("quality".into(), json!("good"));
-                            body.insert("value".into(), v.to_json());
-                        }
-                        Reading::Bad(reason) => {
-                            body.insert("quality".into(), json!("bad"));
-                            body.insert("value".into(), Json::Null);
-                            body.insert("error".into(), json!(reason));
-                        }
-                    }
-                    if let Some(unit) = &tag.unit {
-                        body.insert("unit".into(), json!(unit));
-                    }
+                    let tag = &map.tags[*i];
+                    let (quality, value, error) = match reading {
+                        Reading::Good(v) => ("good", Some(v), None),
+                        Reading::Bad(reason) => ("bad", None, Some(reason.as_str())),
+                    };
+                    let body = TagRecord {
+                        device,
+                        tag: &tag.name,
+                        timestamp_ms: timestamp,
+                        quality,
+                        value,
+                        error,
+                        unit: tag.unit.as_deref(),
+                    };
                     let origin = format!("modbus:{device}/{}/{}", tag.table, tag.address);
                     message(&body, tag.name.as_bytes(), origin, timestamp)
                 })
                 .collect(),
             RecordPer::Device => {
-                let mut values = Map::new();
-                let mut errors = Map::new();
-                for (i, reading) in report {
-                    let name = self.map.tags[i].name.clone();
-                    match reading {
-                        Reading::Good(v) => {
-                            values.insert(name, v.to_json());
-                        }
-                        Reading::Bad(reason) if device_error.is_none() => {
-                            errors.insert(name, json!(reason));
-                        }
-                        Reading::Bad(_) => {}
-                    }
-                }
-                let mut body = Map::new();
-                body.insert("device".into(), json!(device));
-                body.insert("timestamp_ms".into(), json!(timestamp));
-                body.insert("quality".into(), json!(quality));
-                body.insert("values".into(), Json::Object(values));
-                if !errors.is_empty() {
-                    body.insert("errors".into(), Json::Object(errors));
-                }
-                if let Some(reason) = device_error {
-                    body.insert("error".into(), json!(reason));
-                }
+                let body = DeviceRecord {
+                    device,
+                    timestamp_ms: timestamp,
+                    quality,
+                    values: Named {
+                        map,
+                        readings: &report,
+                        good: true,
+                    },
+                    // A device-wide failure is one `error`, not the same reason for every tag.
+                    errors: Named {
+                        map,
+                        readings: if device_error.is_some() { &[] } else { &report },
+                        good: false,
+                    },
+                    error: device_error.as_deref(),
+                };
                 vec![message(&body, device.as_bytes(), format!("modbus:{device}"), timestamp)]
             }
         }
     }
 }
 
-fn message(body: &Map<String, Json>, key: &[u8], origin: String, timestamp: u64) -> Message {
+/// The body of a `record_per = "tag"` record.
+#[derive(Serialize)]
+struct TagRecord<'a> {
+    device: &'a str,
+    tag: &'a str,
+    timestamp_ms: u64,
+    quality: &'static str,
+    /// `null` when the tag could not be read.
+    value: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<&'a str>,
+}
+
+/// The body of a `record_per = "device"` record.
+#[derive(Serialize)]
+struct DeviceRecord<'a> {
+    device: &'a str,
+    timestamp_ms: u64,
+    quality: &'static str,
+    values: Named<'a>,
+    #[serde(skip_serializing_if = "Named::is_empty")]
+    errors: Named<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+/// Serialises the good readings (tag name -> value) or the bad ones (tag name -> reason) as a
+/// JSON object, without building one first.
+struct Named<'a> {
+    map: &'a RegisterMap,
+    readings: &'a [(usize, Reading)],
+    good: bool,
+}
+
+impl Named<'_> {
+    fn entries(&self) -> impl Iterator<Item = (&str, &Reading)> {
+        self.readings
+            .iter()
+            .filter(|(_, r)| matches!(r, Reading::Good(_)) == self.good)
+            .map(|(i, r)| (self.map.tags[*i].name.as_str(), r))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries().next().is_none()
+    }
+}
+
+impl Serialize for Named<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_map(None)?;
+        for (name, reading) in self.entries() {
+            match reading {
+                Reading::Good(v) => out.serialize_entry(name, v)?,
+                Reading::Bad(reason) => out.serialize_entry(name, reason)?,
+            }
+        }
+        out.end()
+    }
+}
+
+fn message(body: &impl Serialize, key: &[u8], origin: String, timestamp: u64) -> Message {
     let mut m = Message::new(serde_json::to_vec(body).unwrap_or_default(), origin);
     m.key = Some(key.to_vec().into());
     m.timestamp_ms = Some(timestamp);
