@@ -74,10 +74,13 @@ impl SourceConnector for ModbusSource {
         };
         let initial = config.duration_or("reconnect_initial", Duration::from_millis(500))?;
         let max = config.duration_or("reconnect_max", Duration::from_secs(30))?;
-        if initial.is_zero() || max < initial {
+        if initial.is_zero() {
+            return Err(ConfigError::invalid("reconnect_initial", "must be longer than zero"));
+        }
+        if max < initial {
             return Err(ConfigError::invalid(
                 "reconnect_max",
-                format!("expected reconnect_initial ({initial:?}) > 0 and reconnect_max ({max:?}) >= it"),
+                format!("{max:?} is shorter than reconnect_initial ({initial:?})"),
             ));
         }
         Ok(SourceConfig {
@@ -109,5 +112,71 @@ impl SinkConnector for ModbusSink {
 
     async fn open(&self, _: &LinkKey, map: Arc<RegisterMap>) -> Result<ModbusWriter, ConnectorError> {
         Ok(ModbusWriter::new(map))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const MAP: &str =
+        "[devices.d]\naddress = \"127.0.0.1:502\"\n[[tags]]\nname = \"t\"\ntable = \"coil\"\naddress = 0\n";
+
+    fn source(pairs: &[(&str, &str)]) -> Result<SourceConfig, ConfigError> {
+        let values: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let secrets = HashMap::new();
+        ModbusSource.parse_config(&ConfigReader::new(&values, &secrets))
+    }
+
+    #[test]
+    fn source_config_defaults_and_errors_name_the_key() {
+        let config = source(&[("register_map", MAP)]).unwrap();
+        assert_eq!(config.settings.record_per, RecordPer::Device);
+        assert!(!config.settings.report_on_change);
+        assert_eq!(config.settings.reconnect.initial, Duration::from_millis(500));
+        let config = source(&[
+            ("register_map", MAP),
+            ("record_per", "tag"),
+            ("report_on_change", "yes"),
+        ])
+        .unwrap();
+        assert_eq!(config.settings.record_per, RecordPer::Tag);
+        assert!(config.settings.report_on_change);
+        for (pairs, key) in [
+            (vec![], "register_map"),
+            (vec![("register_map", "[devices.d]")], "register_map"),
+            (vec![("register_map", MAP), ("record_per", "poll")], "record_per"),
+            (
+                vec![("register_map", MAP), ("report_on_change", "maybe")],
+                "report_on_change",
+            ),
+            (
+                vec![("register_map", MAP), ("reconnect_initial", "0s")],
+                "reconnect_initial",
+            ),
+            (
+                vec![
+                    ("register_map", MAP),
+                    ("reconnect_initial", "2s"),
+                    ("reconnect_max", "1s"),
+                ],
+                "reconnect_max",
+            ),
+        ] {
+            let err = source(&pairs).unwrap_err();
+            assert_eq!(err.key(), key, "{err}");
+        }
+        let err = source(&[(
+            "register_map",
+            "[devices.d]\naddress = \"h\"\n[[tags]]\nname = \"x\"\ntable = \"coil\"\naddress = 0\ntype = \"u16\"\n",
+        )])
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("`register_map`") && text.contains("tag `x`") && text.contains("field `type`"),
+            "{text}"
+        );
     }
 }

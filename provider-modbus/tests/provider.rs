@@ -383,6 +383,17 @@ address = 0
     let status = provider.status().await.unwrap();
     assert_eq!(status.links.len(), 1);
     assert!(status.refused.is_empty());
+
+    // kill -9, and the host starts the provider again with its links: polling resumes.
+    provider.kill().await.unwrap();
+    let (a_seen, b_seen) = (good(&step, "a"), good(&step, "b"));
+    provider.restart().await.unwrap();
+    assert!(
+        step.wait_for(Duration::from_secs(20), |s| good(s, "a") > a_seen + 2
+            && good(s, "b") > b_seen + 2)
+            .await,
+        "polling resumed after kill -9 and restart"
+    );
     let exit = provider.terminate().await.unwrap();
     assert!(exit.success(), "{exit}");
 }
