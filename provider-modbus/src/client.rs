@@ -84,7 +84,7 @@ impl Connection {
                 .await?
                 .next()
                 .ok_or_else(|| std::io::Error::other(format!("{} resolves to no address", device.address)))?;
-            tokio_modbus::client::tcp::connect_slave(addr, Slave(device.unit)).await
+            tokio_modbus::client::tcp::connect_slave(addr, Slave(device.unit_id)).await
         };
         match timeout(device.timeout, attempt).await {
             Ok(Ok(context)) => {

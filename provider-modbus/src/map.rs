@@ -194,7 +194,7 @@ pub struct Device {
     /// `host:port` (port 502 when absent).
     pub address: String,
     /// The Modbus unit id (slave id), 0-255 (default 1).
-    pub unit: u8,
+    pub unit_id: u8,
     /// How long one connect or request may take (default 1s).
     pub timeout: Duration,
     /// How often the source polls the device (default 1s).
@@ -468,7 +468,7 @@ impl<'a> Fields<'a> {
 
 const DEVICE_FIELDS: &[&str] = &[
     "address",
-    "unit",
+    "unit_id",
     "timeout",
     "interval",
     "byte_order",
@@ -525,7 +525,7 @@ fn parse_device(name: &str, doc: &Json) -> Result<Device, MapError> {
     Ok(Device {
         name: name.to_string(),
         address,
-        unit: f.integer("unit", 0, 255)?.unwrap_or(1) as u8,
+        unit_id: f.integer("unit_id", 0, 255)?.unwrap_or(1) as u8,
         timeout: f.duration("timeout")?.unwrap_or(Duration::from_secs(1)),
         interval: f.duration("interval")?.unwrap_or(Duration::from_secs(1)),
         max_register_gap: f
@@ -795,7 +795,7 @@ mod tests {
     const EXAMPLE: &str = r#"
 [devices.plc1]
 address = "127.0.0.1:5020"
-unit = 3
+unit_id = 3
 timeout = "250ms"
 interval = "100ms"
 word_order = "little"
@@ -839,7 +839,7 @@ byte_order = "little"
         assert_eq!(m.devices.len(), 2);
         let meter = &m.devices[0];
         assert_eq!(
-            (meter.name.as_str(), meter.address.as_str(), meter.unit),
+            (meter.name.as_str(), meter.address.as_str(), meter.unit_id),
             ("meter", "meter.local:502", 1)
         );
         let plc = &m.devices[1];
@@ -862,6 +862,19 @@ byte_order = "little"
         let m = RegisterMap::parse(json).unwrap();
         assert_eq!(m.tags[0].device, 0, "the only device is the default");
         assert_eq!(m.tags[0].data_type, DataType::I32);
+    }
+
+    #[test]
+    fn the_readme_example_is_a_valid_map() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+        let end = start + readme[start..].find("```").expect("closed");
+        let m = RegisterMap::parse(&readme[start..end]).unwrap();
+        assert_eq!(m.devices.len(), 2);
+        assert_eq!(m.tags.len(), 4);
+        let level = m.tag("tank_level").unwrap();
+        assert_eq!((level.address, level.word_order), (100, WordOrder::Little));
+        assert_eq!(m.tag("serial").unwrap().data_type, DataType::String(8));
     }
 
     fn error(tags: &str) -> String {
@@ -960,7 +973,7 @@ byte_order = "little"
     fn device_and_document_mistakes_are_named_too() {
         let tags = "[[tags]]\nname = \"x\"\ntable = \"coil\"\naddress = 1\n";
         for (device, field, reason) in [
-            ("unit = 300", "unit", "from 0 to 255"),
+            ("unit_id = 300", "unit_id", "from 0 to 255"),
             ("timeout = \"soon\"", "timeout", "expected a duration"),
             ("interval = \"0s\"", "interval", "longer than zero"),
             (

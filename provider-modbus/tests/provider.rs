@@ -134,7 +134,7 @@ async fn every_type_and_order_decodes_to_what_the_server_holds() {
     let step = FakeComponent::serve(&client, "default", "decode-step").await.unwrap();
     let mut provider = HostedProvider::start(&nats, BINARY, PROVIDER, &[]).await.unwrap();
     // JSON this time (the README's other example is TOML).
-    let map = json!({"devices": {"plc": {"address": server.address(), "unit": 7, "interval": "1h"}}, "tags": tags});
+    let map = json!({"devices": {"plc": {"address": server.address(), "unit_id": 7, "interval": "1h"}}, "tags": tags});
     let map = map.to_string();
     provider
         .put_link(Link::source(
