@@ -315,11 +315,11 @@ impl RegisterMap {
             }
             None => return Err(MapError::new("the map", Some("devices"), "missing")),
         };
-        // serde_json's map is ordered by key: devices come out in name order.
-        let devices = devices_doc
+        let mut devices = devices_doc
             .iter()
             .map(|(name, d)| parse_device(name, d))
             .collect::<Result<Vec<_>, _>>()?;
+        devices.sort_by(|a, b| a.name.cmp(&b.name));
         let device_index: BTreeMap<&str, usize> =
             devices.iter().enumerate().map(|(i, d)| (d.name.as_str(), i)).collect();
 
@@ -739,6 +739,15 @@ fn parse_tag(
             format!("table `{table}` is read-only; only coil and holding tags can be writable"),
         ));
     }
+    if writable && data_type.width() > MAX_REGISTERS_PER_WRITE {
+        return Err(f.err(
+            "length",
+            format!(
+                "a writable tag spans at most {MAX_REGISTERS_PER_WRITE} registers (one write-multiple request), not {}",
+                data_type.width()
+            ),
+        ));
+    }
     let min = f.number("min")?;
     let max = f.number("max")?;
     for (field, present) in [("min", min.is_some()), ("max", max.is_some())] {
@@ -944,6 +953,11 @@ byte_order = "little"
                 "table = \"holding\"\naddress = 1\ntype = \"string\"\nlength = 126",
                 "length",
                 "from 1 to 125",
+            ),
+            (
+                "table = \"holding\"\naddress = 1\ntype = \"string\"\nlength = 124\nwritable = true",
+                "length",
+                "at most 123 registers",
             ),
         ] {
             let e = error(&tag(body));
