@@ -384,3 +384,141 @@ fn message(body: &impl Serialize, key: &[u8], origin: String, timestamp: u64) ->
     m.timestamp_ms = Some(timestamp);
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::{json, Value as Json};
+
+    use super::*;
+
+    const MAP: &str = r#"
+[devices.plc]
+address = "127.0.0.1:502"
+
+[[tags]]
+name = "level"
+table = "holding"
+address = 0
+deadband = 2
+
+[[tags]]
+name = "pump"
+table = "coil"
+address = 0
+"#;
+
+    fn poller(record_per: RecordPer, report_on_change: bool) -> Poller {
+        let map = Arc::new(RegisterMap::parse(MAP).unwrap());
+        Poller {
+            connection: Connection::new(map.devices[0].clone()),
+            blocks: plan_device(&map, 0),
+            map,
+            device: 0,
+            settings: Arc::new(SourceSettings {
+                record_per,
+                report_on_change,
+                reconnect: Backoff {
+                    initial: Duration::from_millis(100),
+                    max: Duration::from_secs(1),
+                },
+            }),
+            reported: HashMap::new(),
+            tx: mpsc::channel(1).0,
+        }
+    }
+
+    fn bodies(messages: &[Message]) -> Vec<Json> {
+        messages
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect()
+    }
+
+    fn good(level: u64, pump: bool) -> Result<Vec<(usize, Reading)>, String> {
+        Ok(vec![
+            (0, Reading::Good(Value::Unsigned(level))),
+            (1, Reading::Good(Value::Bool(pump))),
+        ])
+    }
+
+    #[test]
+    fn device_records_carry_quality_values_and_errors() {
+        let mut p = poller(RecordPer::Device, false);
+        let m = p.records(42, good(7, true));
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].origin, "modbus:plc");
+        assert_eq!(m[0].key.as_deref(), Some(&b"plc"[..]));
+        assert_eq!(m[0].timestamp_ms, Some(42));
+        assert_eq!(
+            bodies(&m)[0],
+            json!({"device": "plc", "timestamp_ms": 42, "quality": "good", "values": {"level": 7, "pump": true}})
+        );
+        let partial = Ok(vec![
+            (0, Reading::Bad("holding 0+1: exception 2 (IllegalDataAddress)".into())),
+            (1, Reading::Good(Value::Bool(false))),
+        ]);
+        assert_eq!(
+            bodies(&p.records(43, partial))[0],
+            json!({"device": "plc", "timestamp_ms": 43, "quality": "partial", "values": {"pump": false},
+                   "errors": {"level": "holding 0+1: exception 2 (IllegalDataAddress)"}})
+        );
+        assert_eq!(
+            bodies(&p.records(44, Err("connect to 127.0.0.1:502: refused".into())))[0],
+            json!({"device": "plc", "timestamp_ms": 44, "quality": "bad", "values": {},
+                   "error": "connect to 127.0.0.1:502: refused"})
+        );
+    }
+
+    #[test]
+    fn report_on_change_sends_changes_and_quality_transitions_once() {
+        let mut p = poller(RecordPer::Device, true);
+        assert_eq!(
+            bodies(&p.records(1, good(10, false)))[0]["values"],
+            json!({"level": 10, "pump": false})
+        );
+        assert!(
+            p.records(2, good(11, false)).is_empty(),
+            "within the deadband, nothing sent"
+        );
+        assert_eq!(
+            bodies(&p.records(3, good(12, true)))[0]["values"],
+            json!({"pump": true})
+        );
+        assert_eq!(bodies(&p.records(4, good(13, true)))[0]["values"], json!({"level": 13}));
+        let down = || Err::<Vec<(usize, Reading)>, String>("no answer".into());
+        assert_eq!(bodies(&p.records(5, down()))[0]["quality"], "bad");
+        assert!(p.records(6, down()).is_empty(), "still down: nothing new");
+        let back = bodies(&p.records(7, good(13, true)));
+        assert_eq!(back[0]["quality"], "good");
+        assert_eq!(
+            back[0]["values"],
+            json!({"level": 13, "pump": true}),
+            "everything after recovery"
+        );
+    }
+
+    #[test]
+    fn tag_records_name_their_register() {
+        let mut p = poller(RecordPer::Tag, false);
+        let m = p.records(
+            9,
+            Ok(vec![
+                (0, Reading::Good(Value::Unsigned(5))),
+                (1, Reading::Bad("x".into())),
+            ]),
+        );
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].origin, "modbus:plc/holding/0");
+        assert_eq!(m[1].origin, "modbus:plc/coil/0");
+        assert_eq!(m[1].key.as_deref(), Some(&b"pump"[..]));
+        assert_eq!(
+            bodies(&m),
+            [
+                json!({"device": "plc", "tag": "level", "timestamp_ms": 9, "quality": "good", "value": 5}),
+                json!({"device": "plc", "tag": "pump", "timestamp_ms": 9, "quality": "bad", "value": null, "error": "x"}),
+            ]
+        );
+    }
+}
