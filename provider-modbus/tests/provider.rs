@@ -288,8 +288,28 @@ async fn a_device_going_down_is_reported_and_reconnected_while_another_keeps_pol
     let client = nats.connect().await.unwrap();
     let step = FakeComponent::serve(&client, "default", "updown-step").await.unwrap();
     let mut provider = HostedProvider::start(&nats, BINARY, PROVIDER, &[]).await.unwrap();
+    // A third device accepts connections and never answers: its requests time out.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_address = silent.local_addr().unwrap();
+    let _silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
     let map = format!(
         r#"
+[devices.silent]
+address = "{silent_address}"
+interval = "100ms"
+timeout = "300ms"
+
+[[tags]]
+name = "silent_value"
+device = "silent"
+table = "input"
+address = 0
+
 [devices.a]
 address = "{}"
 interval = "100ms"
@@ -335,6 +355,16 @@ address = 0
             .await
     );
     assert_eq!(device_records(&step, "a")[0]["values"]["a_value"], 1234);
+    let timed_out = |s: &FakeComponent| {
+        device_records(s, "silent")
+            .iter()
+            .any(|r| r["quality"] == "bad" && r["error"].as_str().unwrap_or("").contains("no answer within 300ms"))
+    };
+    assert!(
+        step.wait_for(Duration::from_secs(20), timed_out).await,
+        "a device that never answers is reported as timed out: {:?}",
+        device_records(&step, "silent")
+    );
 
     // Device a goes away.
     drop(server_a);
