@@ -8,10 +8,12 @@
 //! - [`component`]: plays a pipeline step natively over wRPC: serves `ingest.deliver` with a
 //!   chosen behaviour (accept, reject some records, retry, stall) and calls `sink.write`.
 //! - [`fixture`]: file-backed source and sink connectors for the provider-shaped test binary.
+//! - [`modbus`]: a real Modbus TCP server (pymodbus) with preset registers and a request log.
 
 pub mod component;
 pub mod fixture;
 pub mod host;
+pub mod modbus;
 pub mod servers;
 
 /// Installs a `tracing` subscriber for tests (once), honouring `RUST_LOG`.
