@@ -166,6 +166,32 @@ impl HostedProvider {
         Ok(provider)
     }
 
+    /// Starts another provider on the same lattice and NATS server as `other` (e.g. a second
+    /// instance of the same provider, as a second host would run it).
+    pub async fn start_on(
+        other: &HostedProvider,
+        binary: impl AsRef<Path>,
+        provider_key: &str,
+    ) -> anyhow::Result<Self> {
+        let mut provider = Self {
+            binary: binary.as_ref().to_path_buf(),
+            nats_url: other.nats_url.clone(),
+            nats: other.nats.clone(),
+            lattice: other.lattice.clone(),
+            provider_key: provider_key.into(),
+            host_id: other.host_id.clone(),
+            host_xkey: XKey::new(),
+            provider_xkey: XKey::new(),
+            config: other.config.clone(),
+            links: Vec::new(),
+            child: None,
+            dir: temp_dir(provider_key)?,
+            starts: 0,
+        };
+        provider.spawn().await?;
+        Ok(provider)
+    }
+
     fn host_data(&self) -> anyhow::Result<Value> {
         let links = self
             .links

@@ -318,3 +318,57 @@ fn make_certificates(dir: &Path) -> anyhow::Result<()> {
     ])?;
     Ok(())
 }
+
+/// Tansu, a Kafka-protocol broker, with its sqlite storage engine (offsets survive restarts).
+#[derive(Debug)]
+pub struct KafkaBroker {
+    process: ServerProcess,
+    /// The broker's port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl KafkaBroker {
+    /// Starts Tansu, installing it from crates.io when missing (about 10 minutes on 2 cores).
+    pub fn start() -> anyhow::Result<Self> {
+        ensure_installed(
+            "tansu",
+            &[
+                "cargo",
+                "install",
+                "--locked",
+                "tansu",
+                "--version",
+                "0.6.0",
+                "--features",
+                "dynostore,libsql",
+            ],
+        )?;
+        let dir = temp_dir("kafka")?;
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut command = Command::new("tansu");
+        // Tansu logs every storage query at info; that alone slows it down badly.
+        command.env("RUST_LOG", "warn").args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "sqlite://tansu.db",
+        ]);
+        let mut process = ServerProcess::spawn("tansu", command, dir)?;
+        process.wait_for_port(port, Duration::from_secs(20))?;
+        Ok(Self { process, port })
+    }
+
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker process (its directory and log).
+    pub fn process(&self) -> &ServerProcess {
+        &self.process
+    }
+}

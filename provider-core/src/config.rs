@@ -200,6 +200,14 @@ impl<'a> ConfigReader<'a> {
             .ok_or_else(|| ConfigError::Missing { key: key.into() })
     }
 
+    /// Config keys (not secrets) starting with `prefix`, sorted, e.g. pass-through properties.
+    #[must_use]
+    pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.values.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
+        keys.sort();
+        keys
+    }
+
     /// Config keys and secret names that nothing has read so far, sorted.
     #[must_use]
     pub fn unread_keys(&self) -> Vec<String> {
