@@ -535,49 +535,34 @@ impl sluice_provider_core::SinkWriter for S3Writer {
     async fn write(&self, batch: Vec<Message>) -> Result<(), Failure> {
         let shared = &self.shared;
         let arrival = now_ms();
-        // Encode outside the lock, grouped by partition in arrival order.
         let mut rejected = Vec::new();
-        let mut groups: Vec<(Partition, Vec<u8>, Vec<usize>)> = Vec::new();
-        let mut index: HashMap<Partition, usize> = HashMap::new();
-        for (i, message) in batch.iter().enumerate() {
-            let partition = shared.template.partition(message, shared.config.time_source, arrival);
-            let slot = *index.entry(partition.clone()).or_insert_with(|| {
-                groups.push((partition, Vec::new(), Vec::new()));
-                groups.len() - 1
-            });
-            let (_, bytes, ends) = &mut groups[slot];
-            match shared.config.format.encode(message, bytes) {
-                Ok(()) => ends.push(bytes.len()),
-                Err(reason) => rejected.push(Rejected {
-                    index: u32::try_from(i).unwrap_or(u32::MAX),
-                    reason,
-                }),
-            }
-        }
-        drop(batch);
-
-        let mut outcomes = Vec::new();
+        let mut outcomes: Vec<watch::Receiver<Outcome>> = Vec::new();
         {
+            // Records go straight from the batch into their objects' part buffers: no copy of
+            // the batch is held beside it.
+            let mut line = Vec::new();
             let mut pool = shared.pool.lock().await;
-            for (partition, bytes, ends) in &groups {
-                let mut start = 0;
-                for &end in ends {
-                    let outcome = shared.append(&mut pool, partition, &bytes[start..end]).await;
-                    if outcomes
-                        .last()
-                        .is_none_or(|o: &watch::Receiver<Outcome>| !o.same_channel(&outcome))
-                    {
-                        outcomes.push(outcome);
-                    }
-                    start = end;
+            for (i, message) in batch.iter().enumerate() {
+                line.clear();
+                if let Err(reason) = shared.config.format.encode(message, &mut line) {
+                    rejected.push(Rejected {
+                        index: u32::try_from(i).unwrap_or(u32::MAX),
+                        reason,
+                    });
+                    continue;
+                }
+                let partition = shared.template.partition(message, shared.config.time_source, arrival);
+                let outcome = shared.append(&mut pool, &partition, &line).await;
+                if !outcomes.iter().any(|o| o.same_channel(&outcome)) {
+                    outcomes.push(outcome);
                 }
             }
+            drop(batch);
             let waiting = shared.waiting.fetch_add(1, Ordering::SeqCst) + 1;
             if waiting >= shared.config.max_concurrent_writes {
                 shared.close_all(&mut pool);
             }
         }
-        drop(groups);
         let mut failure = None;
         for mut outcome in outcomes {
             let result = outcome.wait_for(Option::is_some).await.map(|o| o.clone());
