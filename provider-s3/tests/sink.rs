@@ -15,19 +15,22 @@ use sluice_provider_core::{Failure, Message};
 fn partitioned(i: usize) -> Message {
     let mut m = Message::new(format!("rec-{i}"), format!("test:p@{i}"));
     m.timestamp_ms = Some(1_709_211_600_000 + (i as u64 % 2) * 3_600_000 + i as u64);
-    m.key = Some(if i % 3 == 0 { "a/1" } else { "b" }.as_bytes().to_vec().into());
-    if i % 5 != 0 {
+    m.key = Some(if i.is_multiple_of(3) { "a/1" } else { "b" }.as_bytes().to_vec().into());
+    if !i.is_multiple_of(5) {
         m.headers = vec![(
             "tenant".into(),
-            if i % 4 == 0 { "acme" } else { "globex" }.as_bytes().to_vec().into(),
+            if i.is_multiple_of(4) { "acme" } else { "globex" }
+                .as_bytes()
+                .to_vec()
+                .into(),
         )];
     }
     m
 }
 
 fn expected_prefix(i: usize) -> String {
-    let hour = if i % 2 == 0 { "13" } else { "14" };
-    let key = if i % 3 == 0 { "a%2F1" } else { "b" };
+    let hour = if i.is_multiple_of(2) { "13" } else { "14" };
+    let key = if i.is_multiple_of(3) { "a%2F1" } else { "b" };
     let tenant = match (i % 5, i % 4) {
         (0, _) => "_none",
         (_, 0) => "acme",
@@ -304,9 +307,22 @@ async fn write_big(
     size: usize,
 ) {
     let starts: Vec<u64> = range.clone().step_by(batch as usize).collect();
+    write_batches(step, link, starts, range.end, batch, writers, size).await;
+}
+
+/// Writes the batches starting at `starts` (each `batch` records, none past `end`).
+async fn write_batches(
+    step: &FakeComponent,
+    link: &str,
+    starts: Vec<u64>,
+    end: u64,
+    batch: u64,
+    writers: usize,
+    size: usize,
+) {
     futures::stream::iter(starts)
         .for_each_concurrent(writers, |start| async move {
-            let end = (start + batch).min(range.end);
+            let end = (start + batch).min(end);
             let records: Vec<Message> = (start..end)
                 .map(|i| Message::new(big_payload(i, size), format!("big@{i}")))
                 .collect();
@@ -378,5 +394,177 @@ async fn large_input_streams_in_bounded_memory_and_reads_back_equal() {
         "objects are multipart-sized: {objects}"
     );
     assert_eq!(env.incomplete_uploads("big", "big/").await, 0);
+    provider.terminate().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_uploads_leaves_no_partial_object_and_loses_no_acknowledged_record() {
+    let size = 1024;
+    let batch = 1024u64;
+    let records = 48 * 1024u64;
+    let env = Env::start().await;
+    env.bucket("kill").await;
+    let client = env.nats.connect().await.unwrap();
+    let step = FakeComponent::serve(&client, "default", "step-kill").await.unwrap();
+    let mut provider = HostedProvider::start(&env.nats, BINARY, PROVIDER, &[]).await.unwrap();
+    provider
+        .put_link(env.sink_link(
+            "step-kill",
+            "default",
+            "kill",
+            &[
+                ("key_template", "k/{unique}.txt"),
+                ("format", "raw"),
+                ("part_size", "5MiB"),
+                ("max_concurrent_writes", "8"),
+                ("max_object_age", "2s"),
+                ("abort_incomplete_after", "0s"),
+            ],
+        ))
+        .await
+        .unwrap();
+
+    // Eight callers write 1 MiB batches, once each; some are acknowledged before the kill.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writers = {
+        let step = step.clone();
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let starts: Vec<u64> = (0..records).step_by(batch as usize).collect();
+            futures::stream::iter(starts)
+                .for_each_concurrent(8, |start| {
+                    let step = step.clone();
+                    let acked = acked.clone();
+                    async move {
+                        let batch: Vec<Message> = (start..start + batch)
+                            .map(|i| Message::new(big_payload(i, size), format!("k@{i}")))
+                            .collect();
+                        let answer =
+                            tokio::time::timeout(Duration::from_secs(20), step.write(PROVIDER, "default", &batch))
+                                .await;
+                        if let Ok(Ok(Ok(()))) = answer {
+                            acked.lock().unwrap().push(start);
+                        }
+                    }
+                })
+                .await;
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while acked.lock().unwrap().len() < 8 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The next object is filling now: its first part is being uploaded.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    provider.kill().await.unwrap();
+    writers.await.unwrap();
+    let acked: Vec<u64> = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 8, "writes were acknowledged before the kill");
+    assert!(acked.len() < (records / batch) as usize, "the kill came mid-stream");
+
+    // Right after the kill: every visible object is whole, and holds every acknowledged record.
+    let mut counts = HashMap::new();
+    let visible = count_big(&env, "kill", "k/", size, &mut counts).await;
+    let incomplete = env.incomplete_uploads("kill", "k/").await;
+    for start in &acked {
+        for i in *start..start + batch {
+            assert!(counts.contains_key(&i), "acknowledged record {i} missing after kill -9");
+        }
+    }
+    eprintln!(
+        "kill -9: {} of {} batches acknowledged, {visible} whole objects visible, {incomplete} incomplete uploads invisible",
+        acked.len(),
+        records / batch
+    );
+
+    // The restarted provider aborts what the killed one left, and takes the rest of the input.
+    provider.restart().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env.incomplete_uploads("kill", "k/").await > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(env.incomplete_uploads("kill", "k/").await, 0, "stale uploads aborted");
+    let missing: Vec<u64> = (0..records)
+        .step_by(batch as usize)
+        .filter(|s| !acked.contains(s))
+        .collect();
+    write_batches(&step, "default", missing, records, batch, 8, size).await;
+    let mut counts = HashMap::new();
+    count_big(&env, "kill", "k/", size, &mut counts).await;
+    let lost = (0..records).filter(|i| !counts.contains_key(i)).count();
+    let duplicates: u64 = counts.values().map(|n| u64::from(*n) - 1).sum();
+    eprintln!("after restart: {records} records, {lost} lost, {duplicates} written twice");
+    assert_eq!(lost, 0);
+    provider.terminate().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_or_a_missing_bucket_refuse_the_link_and_others_run_on() {
+    let env = Env::start().await;
+    env.bucket("good").await;
+    let client = env.nats.connect().await.unwrap();
+    let step = FakeComponent::serve(&client, "default", "step-ok").await.unwrap();
+    let mut provider = HostedProvider::start(&env.nats, BINARY, PROVIDER, &[]).await.unwrap();
+    provider
+        .put_link(env.sink_link("step-ok", "default", "good", &[("max_concurrent_writes", "1")]))
+        .await
+        .unwrap();
+    let wrong_secret = "this-secret-is-wrong-and-never-logged";
+    let config = env.config("good", &[]);
+    let pairs: Vec<(&str, &str)> = config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let wrong = sluice_integration::host::Link::sink("step-creds", PROVIDER, "default", &pairs)
+        .with_secret(PROVIDER, "access_key_id", &env.s3.access_key_id)
+        .with_secret(PROVIDER, "secret_access_key", wrong_secret);
+    provider.put_link(wrong).await.unwrap();
+    provider
+        .put_link(env.sink_link("step-nobucket", "default", "no-such-bucket", &[]))
+        .await
+        .unwrap();
+    provider
+        .put_link(env.source_link("step-src-nobucket", "in", "no-such-bucket", &[]))
+        .await
+        .unwrap();
+    provider
+        .put_link(env.sink_link("step-tpl", "default", "good", &[("key_template", "x/{date}.jsonl")]))
+        .await
+        .unwrap();
+    let status = provider.status().await.unwrap();
+    let error = |component: &str| {
+        status
+            .refused
+            .iter()
+            .find(|r| r.component == component)
+            .unwrap_or_else(|| panic!("{component} not refused: {status:?}"))
+            .error
+            .clone()
+    };
+    let creds = error("step-creds");
+    assert!(
+        creds.contains("SignatureDoesNotMatch") || creds.contains("AccessDenied"),
+        "{creds}"
+    );
+    assert!(creds.contains("secret_access_key"), "{creds}");
+    let missing = error("step-nobucket");
+    assert!(
+        missing.contains("NoSuchBucket") && missing.contains("no-such-bucket"),
+        "{missing}"
+    );
+    let source = error("step-src-nobucket");
+    assert!(source.contains("NoSuchBucket") && source.contains("`in`"), "{source}");
+    let template = error("step-tpl");
+    assert!(
+        template.contains("key_template") && template.contains("{unique}"),
+        "{template}"
+    );
+    eprintln!("refusals:\n  {creds}\n  {missing}\n  {source}\n  {template}");
+
+    // The good link was never disturbed.
+    write_ok(&step, "default", &sluice_integration::component::records("ok", 3)).await;
+    assert_eq!(env.list("good", "default/").await.len(), 1);
+    assert!(!provider.logs().contains(wrong_secret), "a secret reached the log");
+    assert!(
+        !provider.logs().contains(&env.s3.secret_access_key),
+        "a secret reached the log"
+    );
     provider.terminate().await.unwrap();
 }
