@@ -103,11 +103,11 @@ impl<S: SourceConnector, K: SinkConnector> Engine<S, K> {
     }
 
     /// Starts feeding the component of `spec` through `ingest`. `make_ingest` gets the link's
-    /// delivery deadline. A link that is already running is restarted with the new config.
+    /// runner settings (its delivery deadline, how many batches it keeps in flight). A link that is already running is restarted with the new config.
     pub async fn put_source_link<I, F, Fut>(&self, spec: LinkSpec, make_ingest: F) -> Result<(), LinkError>
     where
         I: Ingest,
-        F: FnOnce(std::time::Duration) -> Fut,
+        F: FnOnce(&RunnerSettings) -> Fut,
         Fut: Future<Output = anyhow::Result<I>>,
     {
         let key = spec.key.clone();
@@ -128,7 +128,7 @@ impl<S: SourceConnector, K: SinkConnector> Engine<S, K> {
             .open(&key, config)
             .await
             .map_err(|e| self.refuse(Role::Source, &key, LinkErrorReason::Open(e)))?;
-        let ingest = make_ingest(settings.deliver_timeout).await.map_err(|e| {
+        let ingest = make_ingest(&settings).await.map_err(|e| {
             self.refuse(
                 Role::Source,
                 &key,

@@ -127,9 +127,16 @@ impl<S: SourceConnector, K: SinkConnector> Provider for WasmcloudProvider<S, K> 
         let spec = link_spec(link.target_id, link.link_name, link.config, link.secrets);
         let target = link.target_id.to_string();
         self.engine
-            .put_source_link(spec, |deadline| async move {
-                let client = get_connection().get_wrpc_client_custom(&target, Some(deadline)).await?;
-                Ok(WrpcIngest::new(client))
+            .put_source_link(spec, |settings| {
+                let (deadline, clients) = (settings.deliver_timeout, settings.max_in_flight);
+                async move {
+                    // One client per in-flight batch (see `WrpcIngest`).
+                    let mut pool = Vec::with_capacity(clients);
+                    for _ in 0..clients {
+                        pool.push(get_connection().get_wrpc_client_custom(&target, Some(deadline)).await?);
+                    }
+                    Ok(WrpcIngest::pooled(pool))
+                }
             })
             .await?;
         Ok(())

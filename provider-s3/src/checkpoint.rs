@@ -1,0 +1,174 @@
+//! Where a source link keeps its place: finished keys and the position inside the object being
+//! read, stored as JSON in an object of the bucket or in a local file, written whole each time
+//! (a local file via write, fsync, rename).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use aws_sdk_s3::primitives::ByteStream;
+use serde::{Deserialize, Serialize};
+
+use crate::client::S3Error;
+
+/// A source link's progress: only what the component accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Keys read to the end and accepted, with the ETag they had (a replaced object is read again).
+    pub done: BTreeMap<String, String>,
+    /// The object being read, and how much of it was accepted.
+    pub current: Option<Position>,
+}
+
+/// How far into one object records were accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The object key.
+    pub key: String,
+    /// Its ETag when read.
+    pub etag: String,
+    /// Lines accepted (the next line to deliver is `line + 1`).
+    pub line: u64,
+    /// Bytes of the object those lines take up.
+    pub offset: u64,
+}
+
+/// A checkpoint that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// S3 failed.
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    /// The local file failed.
+    #[error("checkpoint file `{path}`: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The stored checkpoint is not one this provider wrote.
+    #[error("checkpoint `{at}` is corrupt: {source}")]
+    Corrupt {
+        /// Where it is.
+        at: String,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
+}
+
+/// Where checkpoints live.
+#[derive(Debug, Clone)]
+pub enum CheckpointStore {
+    /// An object in the link's bucket.
+    Object {
+        /// The client.
+        client: aws_sdk_s3::Client,
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+    },
+    /// A local file.
+    File(PathBuf),
+}
+
+impl CheckpointStore {
+    /// Reads the stored checkpoint; none stored yet is an empty one.
+    pub async fn load(&self) -> Result<Checkpoint, CheckpointError> {
+        let (bytes, at) = match self {
+            Self::File(path) => match tokio::fs::read(path).await {
+                Ok(b) => (b, path.display().to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Checkpoint::default()),
+                Err(source) => {
+                    return Err(CheckpointError::File {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            },
+            Self::Object { client, bucket, key } => match client.get_object().bucket(bucket).key(key).send().await {
+                Ok(out) => {
+                    let body = out.body.collect().await.map_err(|e| S3Error {
+                        operation: "GetObject",
+                        bucket: bucket.clone(),
+                        detail: format!("reading checkpoint `{key}`: {e}"),
+                        permanent: false,
+                    })?;
+                    (body.to_vec(), format!("s3://{bucket}/{key}"))
+                }
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(Checkpoint::default()),
+                Err(e) => return Err(S3Error::new("GetObject", bucket, e).into()),
+            },
+        };
+        serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Corrupt { at, source })
+    }
+
+    /// Stores `checkpoint` durably, replacing the previous one.
+    pub async fn save(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        let bytes = serde_json::to_vec(checkpoint).expect("a checkpoint serializes");
+        match self {
+            Self::File(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    write_file(&path, &bytes).map_err(|source| CheckpointError::File { path, source })
+                })
+                .await
+                .expect("checkpoint write task runs")
+            }
+            Self::Object { client, bucket, key } => {
+                client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .content_type("application/json")
+                    .body(ByteStream::from(bytes))
+                    .send()
+                    .await
+                    .map_err(|e| S3Error::new("PutObject", bucket, e))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_checkpoint_round_trips() {
+        let dir = std::env::temp_dir().join(format!("sluice-s3-ckpt-{}", std::process::id()));
+        let store = CheckpointStore::File(dir.join("sub/c.json"));
+        assert_eq!(store.load().await.unwrap(), Checkpoint::default());
+        let mut c = Checkpoint::default();
+        c.done.insert("a".into(), "e1".into());
+        c.current = Some(Position {
+            key: "b".into(),
+            etag: "e2".into(),
+            line: 3,
+            offset: 30,
+        });
+        store.save(&c).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), c);
+        std::fs::write(dir.join("sub/c.json"), b"{").unwrap();
+        let err = store.load().await.unwrap_err().to_string();
+        assert!(err.contains("corrupt"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

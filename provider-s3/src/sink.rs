@@ -1,0 +1,609 @@
+//! The S3 sink: records stream into big objects, part by part, and a write succeeds only once
+//! every object holding its records is complete.
+//!
+//! Each partition (the key template rendered without `{unique}`) has at most one open object.
+//! Its bytes go through the format and compressor into a part buffer; once the buffer reaches
+//! `part_size` it is uploaded as one part of a multipart upload while the next fills, so memory is
+//! bounded by the open objects' part buffers, never by object size. An object that ends before
+//! its first part fills is written with one `PutObject`. Objects close when they reach
+//! `max_object_bytes` or `max_object_records`, when they are `max_object_age` old, when every
+//! write slot of the link (`max_concurrent_writes`) is waiting on them, or when
+//! `max_open_objects` would be exceeded. A multipart upload that fails is aborted, and every
+//! write with records in it answers `retry`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use sluice_provider_core::{ConfigError, ConfigReader, ConnectorError, Failure, LinkKey, Message, Rejected};
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::client::{ClientConfig, S3Error};
+use crate::format::{Compression, Encoder, Format};
+use crate::template::{unique_suffix, KeyTemplate, Partition, TimeSource};
+
+/// S3's smallest part (all but the last).
+const MIN_PART_SIZE: u64 = 5 << 20;
+
+/// Config of one sink link.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Connection and bucket.
+    pub client: ClientConfig,
+    /// `key_template` (default `{link}/{date}/{hour}/{unique}.<ext>`).
+    pub template: String,
+    /// `time_source`: `record` (default) or `arrival`, for `{date}` and `{hour}`.
+    pub time_source: TimeSource,
+    /// `format` and `payload_encoding`.
+    pub format: Format,
+    /// `compression` and `compression_level`.
+    pub compression: Compression,
+    /// `part_size`: bytes per uploaded part (default `8MiB`, at least `5MiB`).
+    pub part_size: u64,
+    /// `max_object_bytes`: an object closes once this much is written to it (default `1GiB`).
+    pub max_object_bytes: u64,
+    /// `max_object_records`: an object closes after this many records (default unlimited).
+    pub max_object_records: u64,
+    /// `max_object_age`: an object closes this long after its first record (default `5s`).
+    pub max_object_age: Duration,
+    /// `max_open_objects`: open partitions at once; the oldest closes to make room (default 8).
+    pub max_open_objects: usize,
+    /// `max_concurrent_writes` (the engine's key): when this many writes all wait on open
+    /// objects, no record can arrive before one returns, so the objects close at once.
+    pub max_concurrent_writes: usize,
+    /// `abort_incomplete_after`: at link start, multipart uploads under the template's fixed
+    /// prefix older than this are aborted (left by a killed provider; default `1h`; `0s` aborts
+    /// every upload started before the link).
+    pub abort_incomplete_after: Option<Duration>,
+}
+
+impl SinkConfig {
+    /// Reads a sink link's config.
+    pub fn from_config(config: &ConfigReader<'_>) -> Result<Self, ConfigError> {
+        let client = ClientConfig::from_config(config)?;
+        let format = Format::from_config(config)?;
+        let compression = Compression::from_config(config)?;
+        let ext = match (format, compression) {
+            (Format::Jsonl(_), _) => "jsonl",
+            (Format::Raw, _) => "txt",
+        };
+        let ext = match compression {
+            Compression::None => ext.to_string(),
+            Compression::Gzip(_) => format!("{ext}.gz"),
+            Compression::Zstd(_) => format!("{ext}.zst"),
+        };
+        let part_size = config.size_or("part_size", 8 << 20)?;
+        if part_size < MIN_PART_SIZE {
+            return Err(ConfigError::invalid(
+                "part_size",
+                format!("S3 parts are at least 5MiB, got {part_size} bytes"),
+            ));
+        }
+        let max_object_bytes = config.size_or("max_object_bytes", 1 << 30)?;
+        if max_object_bytes == 0 {
+            return Err(ConfigError::invalid("max_object_bytes", "expected more than 0 bytes"));
+        }
+        let abort = config.str("abort_incomplete_after").unwrap_or("1h");
+        let abort_incomplete_after = match abort {
+            "never" | "off" => None,
+            text => Some(
+                sluice_provider_core::config::parse_duration(text)
+                    .map_err(|reason| ConfigError::invalid("abort_incomplete_after", reason))?,
+            ),
+        };
+        Ok(Self {
+            client,
+            template: config.str("key_template").map_or_else(
+                || format!("{{link}}/{{date}}/{{hour}}/{{unique}}.{ext}"),
+                str::to_string,
+            ),
+            time_source: match config.str("time_source").unwrap_or("record") {
+                "record" => TimeSource::Record,
+                "arrival" => TimeSource::Arrival,
+                other => {
+                    return Err(ConfigError::invalid(
+                        "time_source",
+                        format!("expected record or arrival, got `{other}`"),
+                    ))
+                }
+            },
+            format,
+            compression,
+            part_size,
+            max_object_bytes,
+            max_object_records: config
+                .parse::<u64>("max_object_records", "a positive integer")?
+                .unwrap_or(0),
+            max_object_age: config.duration_or("max_object_age", Duration::from_secs(5))?,
+            max_open_objects: config.positive_or("max_open_objects", 8)?,
+            max_concurrent_writes: config.positive_or("max_concurrent_writes", 4)?,
+            abort_incomplete_after,
+        })
+    }
+}
+
+/// What became of an object: `Ok` once complete and visible, else why not.
+type Outcome = Option<Result<(), String>>;
+
+/// A multipart upload in progress.
+struct Upload {
+    id: String,
+    parts: Vec<CompletedPart>,
+    /// The part being uploaded while the next one fills.
+    pending: Option<JoinHandle<Result<CompletedPart, S3Error>>>,
+}
+
+/// An object being written.
+struct OpenObject {
+    key: String,
+    opened: Instant,
+    records: u64,
+    /// Bytes produced for the object so far (after compression).
+    bytes: u64,
+    encoder: Encoder,
+    upload: Option<Upload>,
+    done: watch::Sender<Outcome>,
+}
+
+#[derive(Default)]
+struct Pool {
+    open: HashMap<Partition, OpenObject>,
+    seq: u64,
+}
+
+struct Shared {
+    client: aws_sdk_s3::Client,
+    config: SinkConfig,
+    template: KeyTemplate,
+    link: LinkKey,
+    writer_id: u32,
+    pool: Mutex<Pool>,
+    /// Writes whose records are in and that now wait for their objects.
+    waiting: AtomicUsize,
+    /// Objects being completed or aborted.
+    closing: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Writes one link's records to S3.
+pub struct S3Writer {
+    shared: Arc<Shared>,
+    ticker: JoinHandle<()>,
+}
+
+impl S3Writer {
+    /// A writer for `link` (its bucket already checked).
+    pub fn new(client: aws_sdk_s3::Client, config: SinkConfig, template: KeyTemplate, link: LinkKey) -> Self {
+        let shared = Arc::new(Shared {
+            client,
+            template,
+            link,
+            writer_id: rand::random(),
+            pool: Mutex::default(),
+            waiting: AtomicUsize::new(0),
+            closing: std::sync::Mutex::default(),
+            config,
+        });
+        if let Some(age) = shared.config.abort_incomplete_after {
+            tokio::spawn(abort_incomplete(Arc::clone(&shared), age));
+        }
+        let ticker = tokio::spawn(close_aged(Arc::downgrade(&shared)));
+        Self { shared, ticker }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Shared {
+    /// Appends one encoded record to its partition's object, uploading a part when one is full
+    /// and closing the object when the roll policy says so. Returns the object's outcome.
+    async fn append(self: &Arc<Self>, pool: &mut Pool, partition: &Partition, line: &[u8]) -> watch::Receiver<Outcome> {
+        if !pool.open.contains_key(partition) {
+            if pool.open.len() >= self.config.max_open_objects {
+                let oldest = pool
+                    .open
+                    .iter()
+                    .min_by_key(|(_, o)| o.opened)
+                    .map(|(p, _)| p.clone())
+                    .expect("the pool is full");
+                let object = pool.open.remove(&oldest).expect("oldest is open");
+                self.close(object);
+            }
+            pool.seq += 1;
+            let key = partition.object_key(&unique_suffix(now_ms(), self.writer_id, pool.seq));
+            pool.open.insert(
+                partition.clone(),
+                OpenObject {
+                    key,
+                    opened: Instant::now(),
+                    records: 0,
+                    bytes: 0,
+                    encoder: self.config.compression.encoder(),
+                    upload: None,
+                    done: watch::channel(None).0,
+                },
+            );
+        }
+        let object = pool.open.get_mut(partition).expect("opened above");
+        let before = object.encoder.output_len();
+        object.encoder.write(line);
+        object.bytes += (object.encoder.output_len() as u64).saturating_sub(before as u64);
+        object.records += 1;
+        let outcome = object.done.subscribe();
+        let mut failed = None;
+        if object.encoder.output_len() as u64 >= self.config.part_size {
+            if let Err(err) = self.upload_part(object).await {
+                failed = Some(err.to_string());
+            }
+        }
+        let full = object.bytes >= self.config.max_object_bytes
+            || (self.config.max_object_records > 0 && object.records >= self.config.max_object_records);
+        if failed.is_some() || full {
+            let object = pool.open.remove(partition).expect("still open");
+            match failed {
+                Some(reason) => self.fail(object, reason),
+                None => self.close(object),
+            }
+        }
+        outcome
+    }
+
+    /// Uploads the full part buffer of `object`, after the previous part is done.
+    async fn upload_part(&self, object: &mut OpenObject) -> Result<(), S3Error> {
+        let bucket = &self.config.client.bucket;
+        if object.upload.is_none() {
+            let created = self
+                .client
+                .create_multipart_upload()
+                .bucket(bucket)
+                .key(&object.key)
+                .send()
+                .await
+                .map_err(|e| S3Error::new("CreateMultipartUpload", bucket, e))?;
+            let id = created.upload_id().unwrap_or_default().to_string();
+            debug!(key = %object.key, upload = %id, "multipart upload started");
+            object.upload = Some(Upload {
+                id,
+                parts: Vec::new(),
+                pending: None,
+            });
+        }
+        let upload = object.upload.as_mut().expect("created above");
+        if let Some(previous) = upload.pending.take() {
+            upload.parts.push(join_part(previous).await?);
+        }
+        let body = Bytes::from(object.encoder.take_output(self.config.part_size as usize + (64 << 10)));
+        let number = i32::try_from(upload.parts.len() + 1).unwrap_or(i32::MAX);
+        let request = self
+            .client
+            .upload_part()
+            .bucket(bucket)
+            .key(&object.key)
+            .upload_id(&upload.id)
+            .part_number(number)
+            .body(ByteStream::from(body));
+        let bucket = bucket.clone();
+        upload.pending = Some(tokio::spawn(async move {
+            let out = request
+                .send()
+                .await
+                .map_err(|e| S3Error::new("UploadPart", &bucket, e))?;
+            Ok(CompletedPart::builder()
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .part_number(number)
+                .build())
+        }));
+        Ok(())
+    }
+
+    /// Completes `object` in the background; its writers learn the outcome.
+    fn close(self: &Arc<Self>, object: OpenObject) {
+        let shared = Arc::clone(self);
+        self.track(tokio::spawn(async move {
+            let key = object.key.clone();
+            let records = object.records;
+            let done = object.done.clone();
+            let outcome = shared.complete(object).await;
+            match &outcome {
+                Ok(()) => debug!(%key, records, "object complete"),
+                Err(err) => warn!(%key, records, error = %err, "object failed; its writes will be retried"),
+            }
+            done.send_replace(Some(outcome));
+        }));
+    }
+
+    /// Aborts `object` in the background and fails its writers with `reason`.
+    fn fail(self: &Arc<Self>, object: OpenObject, reason: String) {
+        let shared = Arc::clone(self);
+        self.track(tokio::spawn(async move {
+            warn!(key = %object.key, error = %reason, "object failed; its writes will be retried");
+            if let Some(upload) = object.upload {
+                shared.abort(&object.key, upload).await;
+            }
+            object.done.send_replace(Some(Err(reason)));
+        }));
+    }
+
+    fn track(&self, task: JoinHandle<()>) {
+        let mut closing = self.closing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        closing.retain(|t| !t.is_finished());
+        closing.push(task);
+    }
+
+    async fn complete(&self, object: OpenObject) -> Result<(), String> {
+        let bucket = &self.config.client.bucket;
+        let key = object.key;
+        let tail = object.encoder.finish();
+        let Some(mut upload) = object.upload else {
+            return self
+                .client
+                .put_object()
+                .bucket(bucket)
+                .key(&key)
+                .body(ByteStream::from(tail))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| S3Error::new("PutObject", bucket, e).to_string());
+        };
+        let result = async {
+            if let Some(previous) = upload.pending.take() {
+                upload.parts.push(join_part(previous).await?);
+            }
+            if !tail.is_empty() {
+                let number = i32::try_from(upload.parts.len() + 1).unwrap_or(i32::MAX);
+                let out = self
+                    .client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(&key)
+                    .upload_id(&upload.id)
+                    .part_number(number)
+                    .body(ByteStream::from(tail))
+                    .send()
+                    .await
+                    .map_err(|e| S3Error::new("UploadPart", bucket, e))?;
+                upload.parts.push(
+                    CompletedPart::builder()
+                        .set_e_tag(out.e_tag().map(str::to_string))
+                        .part_number(number)
+                        .build(),
+                );
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(bucket)
+                .key(&key)
+                .upload_id(&upload.id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(std::mem::take(&mut upload.parts)))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| S3Error::new("CompleteMultipartUpload", bucket, e))?;
+            Ok::<(), S3Error>(())
+        }
+        .await;
+        if let Err(err) = result {
+            self.abort(&key, upload).await;
+            return Err(err.to_string());
+        }
+        Ok(())
+    }
+
+    async fn abort(&self, key: &str, mut upload: Upload) {
+        if let Some(pending) = upload.pending.take() {
+            let _ = pending.await;
+        }
+        let bucket = &self.config.client.bucket;
+        if let Err(err) = self
+            .client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&upload.id)
+            .send()
+            .await
+        {
+            warn!(%key, error = %S3Error::new("AbortMultipartUpload", bucket, err), "abort failed; the incomplete upload stays invisible until aborted");
+        }
+    }
+
+    /// Closes every open object (all its writers are waiting, or the link is closing).
+    fn close_all(self: &Arc<Self>, pool: &mut Pool) {
+        for (_, object) in pool.open.drain() {
+            self.close(object);
+        }
+    }
+}
+
+async fn join_part(task: JoinHandle<Result<CompletedPart, S3Error>>) -> Result<CompletedPart, S3Error> {
+    task.await.unwrap_or_else(|e| {
+        Err(S3Error {
+            operation: "UploadPart",
+            bucket: String::new(),
+            detail: format!("upload task failed: {e}"),
+            permanent: false,
+        })
+    })
+}
+
+/// Closes objects older than `max_object_age`, until the writer is gone.
+async fn close_aged(shared: Weak<Shared>) {
+    let period = match shared.upgrade() {
+        Some(s) => (s.config.max_object_age / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        let mut pool = shared.pool.lock().await;
+        let aged: Vec<Partition> = pool
+            .open
+            .iter()
+            .filter(|(_, o)| o.opened.elapsed() >= shared.config.max_object_age)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for partition in aged {
+            let object = pool.open.remove(&partition).expect("listed above");
+            shared.close(object);
+        }
+    }
+}
+
+/// Aborts multipart uploads under the template's fixed prefix started more than `age` before
+/// this link: what a killed provider left behind (invisible, but paid for until aborted).
+async fn abort_incomplete(shared: Arc<Shared>, age: Duration) {
+    let bucket = &shared.config.client.bucket;
+    let prefix = shared.template.static_prefix().to_string();
+    let cutoff = SystemTime::now() - age;
+    let mut key_marker: Option<String> = None;
+    let mut id_marker: Option<String> = None;
+    let mut aborted = 0usize;
+    loop {
+        let listed = shared
+            .client
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .prefix(&prefix)
+            .set_key_marker(key_marker.clone())
+            .set_upload_id_marker(id_marker.clone())
+            .send()
+            .await;
+        let listed = match listed {
+            Ok(l) => l,
+            Err(err) => {
+                warn!(link = %shared.link, error = %S3Error::new("ListMultipartUploads", bucket, err), "could not look for incomplete uploads");
+                return;
+            }
+        };
+        for upload in listed.uploads() {
+            let started = upload
+                .initiated()
+                .and_then(|t| SystemTime::try_from(*t).ok())
+                .unwrap_or(SystemTime::now());
+            let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                continue;
+            };
+            if started > cutoff {
+                continue;
+            }
+            match shared
+                .client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(id)
+                .send()
+                .await
+            {
+                Ok(_) => aborted += 1,
+                Err(err) => {
+                    warn!(%key, error = %S3Error::new("AbortMultipartUpload", bucket, err), "could not abort an incomplete upload")
+                }
+            }
+        }
+        if listed.is_truncated() != Some(true) {
+            break;
+        }
+        key_marker = listed.next_key_marker().map(str::to_string);
+        id_marker = listed.next_upload_id_marker().map(str::to_string);
+        if key_marker.is_none() {
+            break;
+        }
+    }
+    if aborted > 0 {
+        info!(link = %shared.link, aborted, %prefix, "aborted incomplete multipart uploads left by an earlier run");
+    }
+}
+
+impl sluice_provider_core::SinkWriter for S3Writer {
+    async fn write(&self, batch: Vec<Message>) -> Result<(), Failure> {
+        let shared = &self.shared;
+        let arrival = now_ms();
+        let mut rejected = Vec::new();
+        let mut outcomes: Vec<watch::Receiver<Outcome>> = Vec::new();
+        {
+            // Records go straight from the batch into their objects' part buffers: no copy of
+            // the batch is held beside it.
+            let mut line = Vec::new();
+            let mut pool = shared.pool.lock().await;
+            for (i, message) in batch.iter().enumerate() {
+                line.clear();
+                if let Err(reason) = shared.config.format.encode(message, &mut line) {
+                    rejected.push(Rejected {
+                        index: u32::try_from(i).unwrap_or(u32::MAX),
+                        reason,
+                    });
+                    continue;
+                }
+                let partition = shared.template.partition(message, shared.config.time_source, arrival);
+                let outcome = shared.append(&mut pool, &partition, &line).await;
+                if !outcomes.iter().any(|o| o.same_channel(&outcome)) {
+                    outcomes.push(outcome);
+                }
+            }
+            drop(batch);
+            let waiting = shared.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+            if waiting >= shared.config.max_concurrent_writes {
+                shared.close_all(&mut pool);
+            }
+        }
+        let mut failure = None;
+        for mut outcome in outcomes {
+            let result = outcome.wait_for(Option::is_some).await.map(|o| o.clone());
+            match result {
+                Ok(Some(Ok(()))) => {}
+                Ok(Some(Err(reason))) => failure = Some(reason),
+                _ => failure = Some("the link closed before the object completed".into()),
+            }
+        }
+        shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        if let Some(reason) = failure {
+            return Err(Failure::Retry(format!("records not stored: {reason}")));
+        }
+        if !rejected.is_empty() {
+            return Err(Failure::Reject(rejected));
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), ConnectorError> {
+        {
+            let mut pool = self.shared.pool.lock().await;
+            self.shared.close_all(&mut pool);
+        }
+        self.ticker.abort();
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(
+            &mut *self
+                .shared
+                .closing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for task in tasks {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        self.ticker.abort();
+    }
+}
