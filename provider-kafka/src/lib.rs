@@ -10,6 +10,7 @@
 //! Every config key is documented in this crate's README. Nothing here depends on wasmCloud.
 
 pub mod config;
+mod metadata;
 mod producer;
 mod sink;
 mod source;

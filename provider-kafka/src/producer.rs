@@ -54,28 +54,12 @@ impl Producer {
     /// Checks that the brokers answer and `topic` (if given) exists.
     pub async fn check(&self, topic: Option<&str>, timeout: Duration) -> Result<(), ConnectorError> {
         let producer = self.inner.clone();
-        let topic = topic.map(str::to_string);
-        let servers = self.servers.clone();
-        tokio::task::spawn_blocking(move || {
-            let metadata = producer
-                .client()
-                .fetch_metadata(None, timeout)
-                .map_err(|e| ConnectorError::msg(format!("cannot reach the brokers at {servers}: {e}")))?;
-            if let Some(topic) = topic {
-                if !metadata
-                    .topics()
-                    .iter()
-                    .any(|t| t.name() == topic && t.error().is_none())
-                {
-                    return Err(ConnectorError::msg(format!(
-                        "topic `{topic}` does not exist at {servers}"
-                    )));
-                }
-            }
-            Ok(())
-        })
+        crate::metadata::check_topics(
+            move || producer.client().fetch_metadata(None, timeout),
+            self.servers.clone(),
+            topic.map(str::to_string).into_iter().collect(),
+        )
         .await
-        .map_err(ConnectorError::new)?
     }
 
     /// Produces every message (to its `kafka.topic` header, else `default_topic`) and waits for

@@ -95,7 +95,15 @@ impl SourceConnector for KafkaSource {
             .create_with_context(SourceContext { link: link.to_string() })
             .map_err(|e| ConnectorError::msg(format!("bad consumer config: {e}")))?;
         let consumer = Arc::new(consumer);
-        check_topics(&consumer, &config).await?;
+        let named = config.topics.iter().filter(|t| !t.starts_with('^')).cloned().collect();
+        let timeout = config.connection.connect_timeout;
+        let fetcher = Arc::clone(&consumer);
+        crate::metadata::check_topics(
+            move || fetcher.fetch_metadata(None, timeout),
+            config.connection.bootstrap_servers.clone(),
+            named,
+        )
+        .await?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
@@ -115,36 +123,6 @@ impl SourceConnector for KafkaSource {
         info!(%link, topics = ?config.topics, group = %config.group_id(link), "kafka source subscribed");
         Ok(KafkaReader { consumer, dead_letters })
     }
-}
-
-/// Refuses the link early when the brokers cannot be reached or a named topic does not exist.
-async fn check_topics(
-    consumer: &Arc<StreamConsumer<SourceContext>>,
-    config: &SourceConfig,
-) -> Result<(), ConnectorError> {
-    let consumer = Arc::clone(consumer);
-    let timeout = config.connection.connect_timeout;
-    let servers = config.connection.bootstrap_servers.clone();
-    let named: Vec<String> = config.topics.iter().filter(|t| !t.starts_with('^')).cloned().collect();
-    tokio::task::spawn_blocking(move || {
-        let metadata = consumer
-            .fetch_metadata(None, timeout)
-            .map_err(|e| ConnectorError::msg(format!("cannot reach the brokers at {servers}: {e}")))?;
-        for topic in &named {
-            if !metadata
-                .topics()
-                .iter()
-                .any(|t| t.name() == topic && t.error().is_none())
-            {
-                return Err(ConnectorError::msg(format!(
-                    "topic `{topic}` does not exist at {servers}"
-                )));
-            }
-        }
-        Ok(())
-    })
-    .await
-    .map_err(ConnectorError::new)?
 }
 
 /// Reads one source link.

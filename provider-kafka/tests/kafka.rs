@@ -404,6 +404,19 @@ async fn bad_brokers_and_topics_are_refused_by_name_while_others_run() {
             refused.error
         );
     }
+    // A sink link to a missing topic is refused the same way.
+    let sink = [("bootstrap_servers", bootstrap.as_str()), ("topic", "absent")];
+    s.provider
+        .put_link(Link::sink("writer-x", PROVIDER, "default", &sink))
+        .await
+        .unwrap();
+    let status = s.provider.status().await.unwrap();
+    let refused = status
+        .refused
+        .iter()
+        .find(|r| r.component == "writer-x")
+        .expect("sink refused");
+    assert!(refused.error.contains("`absent` does not exist"), "{}", refused.error);
     produce(&bootstrap, "fine", "f", 10, 1).await;
     assert!(
         step.wait_for(Duration::from_secs(30), |c| c.accepted().len() == 10)
