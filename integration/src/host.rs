@@ -119,6 +119,14 @@ impl Link {
     }
 }
 
+/// The host side a provider is started from: its lattice connection and identity.
+struct Host {
+    nats_url: String,
+    nats: async_nats::Client,
+    lattice: String,
+    host_id: String,
+}
+
 /// A provider process started as a wasmCloud host starts it.
 pub struct HostedProvider {
     binary: PathBuf,
@@ -147,23 +155,13 @@ impl HostedProvider {
         provider_key: &str,
         config: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let mut provider = Self {
-            binary: binary.as_ref().to_path_buf(),
+        let host = Host {
             nats_url: nats.url(),
             nats: nats.connect().await?,
             lattice: "default".into(),
-            provider_key: provider_key.into(),
             host_id: "NHOSTSLUICETEST".into(),
-            host_xkey: XKey::new(),
-            provider_xkey: XKey::new(),
-            config: map(config),
-            links: Vec::new(),
-            child: None,
-            dir: temp_dir(provider_key)?,
-            starts: 0,
         };
-        provider.spawn().await?;
-        Ok(provider)
+        Self::launch(host, binary.as_ref(), provider_key, map(config)).await
     }
 
     /// Starts another provider on the same lattice and NATS server as `other` (e.g. a second
@@ -173,16 +171,31 @@ impl HostedProvider {
         binary: impl AsRef<Path>,
         provider_key: &str,
     ) -> anyhow::Result<Self> {
-        let mut provider = Self {
-            binary: binary.as_ref().to_path_buf(),
+        let host = Host {
             nats_url: other.nats_url.clone(),
             nats: other.nats.clone(),
             lattice: other.lattice.clone(),
-            provider_key: provider_key.into(),
             host_id: other.host_id.clone(),
+        };
+        Self::launch(host, binary.as_ref(), provider_key, other.config.clone()).await
+    }
+
+    async fn launch(
+        host: Host,
+        binary: &Path,
+        provider_key: &str,
+        config: HashMap<String, String>,
+    ) -> anyhow::Result<Self> {
+        let mut provider = Self {
+            binary: binary.to_path_buf(),
+            nats_url: host.nats_url,
+            nats: host.nats,
+            lattice: host.lattice,
+            provider_key: provider_key.into(),
+            host_id: host.host_id,
             host_xkey: XKey::new(),
             provider_xkey: XKey::new(),
-            config: other.config.clone(),
+            config,
             links: Vec::new(),
             child: None,
             dir: temp_dir(provider_key)?,
