@@ -444,7 +444,7 @@ async fn a_second_instance_in_the_group_rebalances_without_loss() {
         .await
         .unwrap();
     assert!(
-        step.wait_for(Duration::from_secs(60), |c| c.accepted_count() >= 2_000)
+        step.wait_for(Duration::from_secs(180), |c| c.accepted_count() >= 2_000)
             .await
     );
     // A second provider process (another host's instance) joins the same group and leaves again.
