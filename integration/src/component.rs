@@ -53,6 +53,9 @@ struct State {
     release: Notify,
 }
 
+/// How long [`FakeComponent::write`] waits for the provider's answer.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A component that serves `ingest.deliver` on the lattice under a component id.
 #[derive(Clone)]
 pub struct FakeComponent {
@@ -249,7 +252,14 @@ impl FakeComponent {
         headers.insert("source-id", self.id.as_str());
         headers.insert("target-id", provider);
         headers.insert("link-name", link_name);
-        bindings::sluice::pipeline::sink::write(&wrpc, Some(headers), batch).await
+        // A call whose answer is lost (see `sluice_provider_core::wrpc::WrpcIngest`) must fail the
+        // test, not hang it.
+        tokio::time::timeout(
+            WRITE_TIMEOUT,
+            bindings::sluice::pipeline::sink::write(&wrpc, Some(headers), batch),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("sink.write got no answer within {WRITE_TIMEOUT:?}"))?
     }
 }
 
