@@ -14,12 +14,7 @@ use sluice_integration::servers::NatsServer;
 pub const PROVIDER: &str = "sluice-provider-s3";
 pub const BINARY: &str = env!("CARGO_BIN_EXE_sluice-provider-s3");
 
-/// One S3 test at a time: SeaweedFS, NATS and a provider per test, on two cores, starve each
-/// other, and wRPC (wrpc-transport-nats 0.29) then loses a call's answer now and then.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 pub struct Env {
-    _serial: tokio::sync::MutexGuard<'static, ()>,
     pub nats: NatsServer,
     pub s3: S3Server,
     pub client: aws_sdk_s3::Client,
@@ -27,17 +22,11 @@ pub struct Env {
 
 impl Env {
     pub async fn start() -> Self {
-        let serial = SERIAL.lock().await;
         sluice_integration::init_tracing();
         let nats = NatsServer::start().unwrap();
         let s3 = S3Server::start().unwrap();
         let client = plain_client(&s3.endpoint(), &s3.access_key_id, &s3.secret_access_key);
-        Self {
-            _serial: serial,
-            nats,
-            s3,
-            client,
-        }
+        Self { nats, s3, client }
     }
 
     /// Creates `bucket`, waiting for the server to be ready.
