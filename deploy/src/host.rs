@@ -1,0 +1,91 @@
+//! An embedded wasmCloud 1.x host: the `wasmcloud-host` library of `release-1.9.x` (0.27.1) run in
+//! this process, on one lattice, loading providers and components from `file://` references.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use nkeys::KeyPair;
+use wasmcloud_host::url::Url;
+use wasmcloud_host::{WasmbusHost, WasmbusHostConfig};
+
+/// The subject prefix on which hosts ask the secrets backend for secrets.
+pub const SECRETS_TOPIC_PREFIX: &str = "wasmcloud.secrets";
+
+type Shutdown = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// A running host. Stop it with [`EmbeddedHost::stop`], which stops its providers and components.
+pub struct EmbeddedHost {
+    host: Arc<WasmbusHost>,
+    shutdown: Option<Shutdown>,
+    id: String,
+    lattice: String,
+}
+
+impl std::fmt::Debug for EmbeddedHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedHost")
+            .field("id", &self.id)
+            .field("lattice", &self.lattice)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedHost {
+    /// Starts a host on `lattice` through the NATS server at `nats_url`, allowing `file://`
+    /// providers and components, asking the secrets backend under [`SECRETS_TOPIC_PREFIX`].
+    pub async fn start(nats_url: &str, lattice: &str) -> anyhow::Result<Self> {
+        let url = Url::parse(nats_url).with_context(|| format!("invalid NATS URL `{nats_url}`"))?;
+        let key = Arc::new(KeyPair::new_server());
+        let id = key.public_key();
+        let config = WasmbusHostConfig {
+            ctl_nats_url: url.clone(),
+            rpc_nats_url: url,
+            lattice: lattice.into(),
+            host_key: Some(key),
+            allow_file_load: true,
+            secrets_topic_prefix: Some(SECRETS_TOPIC_PREFIX.into()),
+            rpc_timeout: Duration::from_secs(10),
+            provider_shutdown_delay: Some(Duration::from_secs(30)),
+            heartbeat_interval: Some(Duration::from_secs(5)),
+            version: "1.9.2".into(),
+            ..WasmbusHostConfig::default()
+        };
+        let (host, shutdown) = WasmbusHost::new(config)
+            .await
+            .with_context(|| format!("failed to start a wasmCloud host on lattice `{lattice}`"))?;
+        Ok(Self {
+            host,
+            shutdown: Some(Box::pin(shutdown)),
+            id,
+            lattice: lattice.into(),
+        })
+    }
+
+    /// The host's id (its public server key).
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The lattice it serves.
+    #[must_use]
+    pub fn lattice(&self) -> &str {
+        &self.lattice
+    }
+
+    /// Resolves when the host is stopped through the lattice (`wash stop host`).
+    pub async fn stopped(&self) -> anyhow::Result<()> {
+        self.host.stopped().await.map(|_| ())
+    }
+
+    /// Stops the host: every provider is asked to shut down (and drains), every component stops.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            shutdown.await.context("failed to stop the host")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+//! Shared by the deploy tests: provider archives packaged once per test process from the debug
+//! provider binaries that `cargo test --workspace` builds (run `cargo build --bins` first when
+//! testing this package alone).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use tokio::sync::OnceCell;
+use xtask::par::{ProviderPackage, Workspace};
+
+/// `target/debug`, where this test binary (in `target/debug/deps`) and the providers live.
+pub fn debug_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().and_then(Path::parent).expect("target/debug").to_path_buf()
+}
+
+/// Every provider package of the workspace.
+pub fn providers() -> Vec<ProviderPackage> {
+    Workspace::discover().expect("cargo metadata").providers
+}
+
+static ARCHIVES: OnceCell<PathBuf> = OnceCell::const_new();
+
+/// A directory with every provider's `.par.gz`, packaged from the debug binaries (once).
+pub async fn archives() -> PathBuf {
+    ARCHIVES
+        .get_or_init(|| async {
+            let dir = sluice_integration::servers::temp_dir("par").expect("temp dir");
+            let debug = debug_dir();
+            for provider in providers() {
+                let binary = debug.join(&provider.name);
+                assert!(
+                    binary.is_file(),
+                    "{} is missing: build the providers first (`cargo build --bins`)",
+                    binary.display()
+                );
+                xtask::par::package(&binary, &provider, &dir)
+                    .await
+                    .unwrap_or_else(|err| panic!("packaging {}: {err:#}", provider.name));
+            }
+            dir
+        })
+        .await
+        .clone()
+}
