@@ -51,6 +51,8 @@ impl EmbeddedHost {
             provider_shutdown_delay: Some(Duration::from_secs(30)),
             heartbeat_interval: Some(Duration::from_secs(5)),
             version: "1.9.2".into(),
+            // Providers log at this level (their output goes to this process's stderr).
+            log_level: wasmcloud_core::logging::Level::Warn,
             ..WasmbusHostConfig::default()
         };
         let (host, shutdown) = WasmbusHost::new(config)

@@ -7,12 +7,14 @@
 //! - [`wadm`]: embedded wadm (`wadm` 0.21.1) and a client for its API;
 //! - [`secrets`]: a local secrets backend speaking the host's secrets protocol;
 //! - [`local`]: all of the above on a local nats-server, one host per lattice;
+//! - [`pipeline`]: a pipeline deployed through wadm, watched and undeployed;
 //! - [`progress`]: a deployed pipeline's live counters, on one line.
 
 pub mod archive;
 pub mod host;
 pub mod local;
 pub mod manifest;
+pub mod pipeline;
 pub mod progress;
 pub mod secrets;
 pub mod spec;

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::spec::{Endpoint, PipelineSpec};
+use crate::spec::{Endpoint, PipelineSpec, ProviderKind};
 
 /// The WIT namespace and package of every Sluice link.
 pub const WIT_NAMESPACE: &str = "sluice";
@@ -36,20 +36,31 @@ pub struct Images {
 }
 
 impl Images {
-    /// Everything under one base: `<base>/sluice-provider-<name>.par.gz` for providers and
-    /// `<base>/<step file name>` for the step, e.g. base `file:///opt/sluice`.
+    /// Everything from one place, `base`:
+    /// - a directory (`/opt/sluice`) or `file://` URL: `<base>/sluice-provider-<name>.par.gz` for
+    ///   providers and `<base>/<step file name>` for the step;
+    /// - anything else is an OCI repository prefix (`registry.example.com/sluice`):
+    ///   `<base>/sluice-provider-<name>:<version>` and `<base>/<step file stem>:<pipeline version>`.
     #[must_use]
     pub fn under(base: &str, spec: &PipelineSpec) -> Self {
         let base = base.trim_end_matches('/');
-        let step = spec
-            .step
-            .component
-            .file_name()
-            .map_or_else(|| "step.wasm".into(), |n| n.to_string_lossy().into_owned());
-        Self {
-            source: format!("{base}/{}.par.gz", spec.source_kind().package()),
-            step: format!("{base}/{step}"),
-            sink: format!("{base}/{}.par.gz", spec.sink_kind().package()),
+        let file = |path: &Path| path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let stem = |path: &Path| path.file_stem().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let step = &spec.step.component;
+        if base.starts_with("file://") || base.starts_with('/') {
+            let base = if base.starts_with('/') { format!("file://{base}") } else { base.to_string() };
+            Self {
+                source: format!("{base}/{}.par.gz", spec.source_kind().package()),
+                step: format!("{base}/{}", file(step)),
+                sink: format!("{base}/{}.par.gz", spec.sink_kind().package()),
+            }
+        } else {
+            let version = env!("CARGO_PKG_VERSION");
+            Self {
+                source: format!("{base}/{}:{version}", spec.source_kind().package()),
+                step: format!("{base}/{}:{}", stem(step), spec.version),
+                sink: format!("{base}/{}:{version}", spec.sink_kind().package()),
+            }
         }
     }
 
@@ -81,15 +92,28 @@ pub struct Ids {
 }
 
 impl Ids {
-    /// `<pipeline>-source`, `<pipeline>-step`, `<pipeline>-sink`.
+    /// `<pipeline>-source`, `<pipeline>-step`, `<pipeline>-sink`; a shared provider has the id
+    /// wadm gives it in its application (see [`shared_provider_id`]).
     #[must_use]
     pub fn of(spec: &PipelineSpec) -> Self {
+        let provider = |role: &str, endpoint: &Endpoint| match &endpoint.shared {
+            Some(app) => shared_provider_id(app, &endpoint.provider),
+            None => format!("{}-{role}", spec.name),
+        };
         Self {
-            source: format!("{}-source", spec.name),
+            source: provider("source", &spec.source),
             step: format!("{}-step", spec.name),
-            sink: format!("{}-sink", spec.name),
+            sink: provider("sink", &spec.sink),
         }
     }
+}
+
+/// The id wadm gives component `component` of application `app` when the manifest sets none:
+/// both lowercased, every other character than ASCII letters and digits replaced by `_`, joined by `-`.
+#[must_use]
+pub fn shared_provider_id(app: &str, component: &str) -> String {
+    let clean = |s: &str| s.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+    format!("{}-{}", clean(app), clean(component))
 }
 
 /// A wadm Application manifest (the subset Sluice writes).
@@ -150,13 +174,30 @@ pub struct Component {
     pub traits: Vec<Trait>,
 }
 
-/// A component's image and id.
+/// A component's image, id and own config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Properties {
-    /// Where the host fetches it from.
-    pub image: String,
-    /// The id the host gives it.
-    pub id: String,
+    /// Where the host fetches it from (absent for a shared application's provider).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The id the host gives it (absent: wadm derives it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The shared application and component this refers to, instead of an image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application: Option<SharedRef>,
+    /// Named config given to the provider itself (not to a link).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub config: Vec<NamedConfig>,
+}
+
+/// A reference to a provider of a shared wadm application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SharedRef {
+    /// The shared application.
+    pub name: String,
+    /// The component in it.
+    pub component: String,
 }
 
 /// A trait: a scaler or a link.
@@ -255,6 +296,99 @@ fn side(name: Option<String>, config_name: String, endpoint: &Endpoint) -> LinkS
     }
 }
 
+/// A pipeline's own provider (image, id, scaler), or a reference to a shared application's.
+fn provider_component(
+    spec: &PipelineSpec,
+    role: &str,
+    endpoint: &Endpoint,
+    image: &str,
+    id: String,
+    links: Vec<Trait>,
+) -> Component {
+    let (properties, mut traits) = match &endpoint.shared {
+        Some(app) => (
+            Properties {
+                image: None,
+                id: None,
+                application: Some(SharedRef {
+                    name: app.clone(),
+                    component: endpoint.provider.clone(),
+                }),
+                config: Vec::new(),
+            },
+            Vec::new(),
+        ),
+        None => (
+            Properties {
+                image: Some(image.to_string()),
+                id: Some(id),
+                application: None,
+                config: provider_config(format!("{}-{role}-provider", spec.name), endpoint),
+            },
+            vec![Trait::Spreadscaler { instances: 1 }],
+        ),
+    };
+    traits.extend(links);
+    Component {
+        name: role.into(),
+        kind: "capability".into(),
+        properties,
+        traits,
+    }
+}
+
+/// A shared wadm application running one instance of each of `providers` on `lattice`, which
+/// pipelines use with `shared: <name>` on their source or sink: the provider then serves many
+/// pipelines, and undeploying a pipeline deletes only its links. `images` maps each provider's
+/// short name to its image.
+#[must_use]
+pub fn render_shared_providers(name: &str, lattice: &str, providers: &[(ProviderKind, String)]) -> Manifest {
+    let components = providers
+        .iter()
+        .map(|(kind, image)| Component {
+            name: kind.name.into(),
+            kind: "capability".into(),
+            properties: Properties {
+                image: Some(image.clone()),
+                id: None,
+                application: None,
+                config: Vec::new(),
+            },
+            traits: vec![Trait::Spreadscaler { instances: 1 }],
+        })
+        .collect();
+    Manifest {
+        api_version: "core.oam.dev/v1beta1".into(),
+        kind: "Application".into(),
+        metadata: Metadata {
+            name: name.into(),
+            annotations: BTreeMap::from([
+                ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+                (LATTICE_ANNOTATION.to_string(), lattice.to_string()),
+                ("experimental.wasmcloud.dev/shared".to_string(), "true".to_string()),
+            ]),
+        },
+        spec: Spec {
+            policies: Vec::new(),
+            components,
+        },
+    }
+}
+
+fn provider_config(name: String, endpoint: &Endpoint) -> Vec<NamedConfig> {
+    if endpoint.provider_config.is_empty() {
+        return Vec::new();
+    }
+    vec![NamedConfig {
+        name,
+        properties: endpoint
+            .provider_config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
+    }]
+}
+
 fn link(target: LinkSide, interface: &str, source: Option<LinkSide>) -> Trait {
     Trait::Link(Box::new(Link {
         target,
@@ -264,6 +398,10 @@ fn link(target: LinkSide, interface: &str, source: Option<LinkSide>) -> Trait {
         source,
     }))
 }
+
+/// Where `sluice render` takes images from when not told: the layout `wash start provider` and a
+/// host with `allow_file_load` read (copy `target/par/*.par.gz` and the step there).
+pub const DEFAULT_ARTIFACTS: &str = "file:///opt/sluice";
 
 /// Renders `spec` as a wadm manifest with the given images.
 #[must_use]
@@ -280,8 +418,10 @@ pub fn render(spec: &PipelineSpec, images: &Images) -> Manifest {
         name: "step".into(),
         kind: "component".into(),
         properties: Properties {
-            image: images.step.clone(),
-            id: ids.step,
+            image: Some(images.step.clone()),
+            id: Some(ids.step),
+            application: None,
+            config: Vec::new(),
         },
         traits: vec![
             Trait::Spreadscaler {
@@ -294,35 +434,17 @@ pub fn render(spec: &PipelineSpec, images: &Images) -> Manifest {
             ),
         ],
     };
-    let source = Component {
-        name: "source".into(),
-        kind: "capability".into(),
-        properties: Properties {
-            image: images.source.clone(),
-            id: ids.source,
-        },
-        traits: vec![
-            Trait::Spreadscaler { instances: 1 },
-            link(
+    let source_link = link(
                 LinkSide {
                     name: Some("step".into()),
                     config: Vec::new(),
                     secrets: Vec::new(),
                 },
-                "ingest",
-                Some(side(None, format!("{}-source", spec.name), &spec.source)),
-            ),
-        ],
-    };
-    let sink = Component {
-        name: "sink".into(),
-        kind: "capability".into(),
-        properties: Properties {
-            image: images.sink.clone(),
-            id: ids.sink,
-        },
-        traits: vec![Trait::Spreadscaler { instances: 1 }],
-    };
+        "ingest",
+        Some(side(None, format!("{}-source", spec.name), &spec.source)),
+    );
+    let source = provider_component(spec, "source", &spec.source, &images.source, ids.source, vec![source_link]);
+    let sink = provider_component(spec, "sink", &spec.sink, &images.sink, ids.sink, Vec::new());
     Manifest {
         api_version: "core.oam.dev/v1beta1".into(),
         kind: "Application".into(),

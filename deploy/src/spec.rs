@@ -157,6 +157,14 @@ pub struct Endpoint {
     /// Secrets the link gets: config key the provider reads -> name of the secret in the backend.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// The provider's own config, shared by all its links (e.g. `http-inproc`'s listen `address`).
+    #[serde(default)]
+    pub provider_config: BTreeMap<String, ConfigValue>,
+    /// Use the provider of a shared wadm application of this name (see
+    /// [`crate::manifest::render_shared_providers`]) instead of starting one for this pipeline:
+    /// one provider then serves many pipelines, and undeploying one drains only its links.
+    #[serde(default)]
+    pub shared: Option<String>,
 }
 
 /// A config value: written as a string, number or boolean in YAML, passed to the provider as a string.
@@ -283,7 +291,15 @@ impl PipelineSpec {
     }
 }
 
-fn provider_kind(name: &str) -> Option<ProviderKind> {
+fn is_app_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// The provider kind named `name`, if Sluice ships it.
+#[must_use]
+pub fn provider_kind(name: &str) -> Option<ProviderKind> {
     PROVIDERS.iter().copied().find(|k| k.name == name)
 }
 
@@ -300,6 +316,20 @@ fn check_endpoint(role: &str, endpoint: &Endpoint, can: impl Fn(&ProviderKind) -
                     endpoint.provider
                 ),
             ))
+        }
+    }
+    if let Some(shared) = &endpoint.shared {
+        if !is_app_name(shared) {
+            return Err(SpecError::field(
+                format!("{role}.shared"),
+                format!("expected the name of a shared providers application, found `{shared}`"),
+            ));
+        }
+        if !endpoint.provider_config.is_empty() {
+            return Err(SpecError::field(
+                format!("{role}.provider_config"),
+                "expected no provider config with `shared` (the shared application configures the provider)",
+            ));
         }
     }
     for (key, secret) in &endpoint.secrets {

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The Sluice demo on a fresh Debian 12 machine: MQTT -> Rust logic -> S3, on local servers.
+#
+# Installs what is missing (.ci/install), builds the providers as .par.gz (`cargo xtask par`), the
+# example Rust logic composed into a step (`sluice compose`), starts Mosquitto (1883) and SeaweedFS
+# (S3 on 8333), runs `sluice run examples/pipelines/mqtt-to-s3.yaml` (nats-server, an embedded
+# wasmCloud host and wadm), publishes sample sensor readings with mosquitto_pub and prints the S3
+# objects that land. Everything it starts is stopped at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+bash .ci/install
+hash -r
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+WORK=$(mktemp -d /tmp/sluice-demo.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+echo "==> building the providers (release, stripped) as .par.gz"
+cargo xtask par
+
+echo "==> building the sluice CLI"
+cargo build --locked --quiet -p sluice-cli
+SLUICE=$TARGET/debug/sluice
+
+echo "==> building the example Rust logic and composing the step"
+(cd examples/logic/rust && env -u RUSTC_WRAPPER -u CARGO_TARGET_DIR RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
+  RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$TARGET/wasm-guests" /usr/bin/cargo build --quiet --locked --release \
+  --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort)
+mkdir -p examples/pipelines/steps
+"$SLUICE" compose --logic "$TARGET/wasm-guests/wasm32-unknown-unknown/release/sluice_example_logic.wasm" \
+  -o examples/pipelines/steps/sensors.wasm
+
+echo "==> starting Mosquitto (127.0.0.1:1883) and SeaweedFS (S3 on 127.0.0.1:8333)"
+printf 'listener 1883 127.0.0.1\nallow_anonymous true\nuser root\n' > "$WORK/mosquitto.conf"
+mosquitto -c "$WORK/mosquitto.conf" </dev/null >"$WORK/mosquitto.log" 2>&1 &
+PIDS+=($!)
+export AWS_ACCESS_KEY_ID=demo-key AWS_SECRET_ACCESS_KEY=demo-secret-0123456789
+mkdir -p "$WORK/s3"
+weed mini -dir="$WORK/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port=8333 </dev/null >"$WORK/weed.log" 2>&1 &
+PIDS+=($!)
+s3() { curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "$@"; }
+for _ in $(seq 1 120); do s3 -X PUT http://127.0.0.1:8333/sensors >/dev/null 2>&1 && break; sleep 0.5; done
+
+echo "==> sluice run examples/pipelines/mqtt-to-s3.yaml"
+"$SLUICE" run examples/pipelines/mqtt-to-s3.yaml \
+  --secret "customer-a-s3-access-key-id=$AWS_ACCESS_KEY_ID" \
+  --secret "customer-a-s3-secret-access-key=$AWS_SECRET_ACCESS_KEY" 2>"$WORK/run.log" &
+RUN=$!
+PIDS=("$RUN" "${PIDS[@]}")
+for _ in $(seq 1 240); do grep -q '^deployed' "$WORK/run.log" && break; sleep 0.5; done
+grep -q '^deployed' "$WORK/run.log" || { cat "$WORK/run.log"; echo "the pipeline did not deploy"; exit 1; }
+sleep 2
+
+echo "==> publishing 20 sensor readings to sensors/plant-a (and one heartbeat, dropped by the logic)"
+for i in $(seq 1 20); do
+  mosquitto_pub -h 127.0.0.1 -p 1883 -q 1 -t sensors/plant-a \
+    -m "{\"device\":\"sensor-$((i % 4))\",\"temp\":$((18 + i % 7)).$i,\"site\":\"plant-a\",\"seq\":$i}"
+done
+mosquitto_pub -h 127.0.0.1 -p 1883 -q 1 -t sensors/plant-a -m '{"device":"sensor-0","kind":"heartbeat"}'
+sleep 6
+
+echo
+echo "==> objects in s3://sensors"
+for key in $(s3 "http://127.0.0.1:8333/sensors?list-type=2" | grep -o '<Key>[^<]*</Key>' | sed 's/<[^>]*>//g'); do
+  echo "--- $key"
+  s3 "http://127.0.0.1:8333/sensors/$key"
+done
+echo
+kill -INT "$RUN"
+wait "$RUN" || true
+cat "$WORK/run.log"

@@ -1,0 +1,158 @@
+//! `sluice run pipeline.yaml`: start (or reuse) a local nats-server with JetStream, an embedded
+//! wasmCloud host and wadm, deploy the pipeline through wadm, show its counters on one line until
+//! Ctrl-C, then undeploy and stop everything. `--lattice-url` deploys to an existing lattice
+//! (its hosts and wadm) instead.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sluice_deploy::local::LocalLattice;
+use sluice_deploy::pipeline::Deployment;
+use sluice_deploy::secrets::SecretEntry;
+use sluice_deploy::spec::PipelineSpec;
+
+/// Where a local nats-server is looked for before one is started.
+const LOCAL_NATS: &str = "nats://127.0.0.1:4222";
+
+/// `sluice run` options.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The pipeline spec.
+    spec: PathBuf,
+    /// Deploy to an existing lattice: the NATS URL its hosts and wadm use.
+    #[arg(long)]
+    lattice_url: Option<String>,
+    /// The provider archives (`cargo xtask par` writes them to `<target dir>/par`).
+    #[arg(long)]
+    par_dir: Option<PathBuf>,
+    /// A secret the local secrets backend serves to this pipeline only: `NAME=VALUE` (repeatable).
+    #[arg(long = "secret", value_name = "NAME=VALUE")]
+    secrets: Vec<String>,
+    /// Stop after this long instead of waiting for Ctrl-C (e.g. `30s`).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().map_err(|_| format!("expected e.g. `30s`, found `{text}`"))?;
+    match unit {
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "ms" => Ok(Duration::from_millis(n)),
+        _ => Err(format!("expected a unit of ms, s or m, found `{unit}`")),
+    }
+}
+
+fn default_par_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+        .join("par")
+}
+
+/// Runs the pipeline until Ctrl-C (or `--duration`).
+pub fn run(args: Args) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Runtime::new()?.block_on(run_async(args))
+}
+
+async fn local_nats_answers() -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), async_nats::connect(LOCAL_NATS)).await,
+        Ok(Ok(_))
+    )
+}
+
+async fn run_async(args: Args) -> anyhow::Result<()> {
+    let spec = PipelineSpec::from_file(&args.spec)?;
+    let spec_dir = args.spec.parent().map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let par_dir = args.par_dir.clone().unwrap_or_else(default_par_dir);
+    let secrets: HashMap<String, SecretEntry> = args
+        .secrets
+        .iter()
+        .map(|s| {
+            let (name, value) = s.split_once('=').context("--secret expects NAME=VALUE")?;
+            Ok((
+                name.to_string(),
+                SecretEntry {
+                    value: value.to_string(),
+                    application: Some(spec.name.clone()),
+                },
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    let (lattice, nats) = match &args.lattice_url {
+        Some(url) => {
+            let nats = async_nats::connect(url.as_str())
+                .await
+                .with_context(|| format!("failed to connect to the lattice at {url}"))?;
+            (None, nats)
+        }
+        None => {
+            let reuse = local_nats_answers().await.then_some(LOCAL_NATS);
+            eprintln!(
+                "starting wadm and a wasmCloud host on lattice `{}` ({})",
+                spec.lattice,
+                reuse.map_or("new nats-server", |_| "reusing nats-server at 127.0.0.1:4222")
+            );
+            let mut lattice = LocalLattice::start(reuse).await?;
+            lattice.add_host(&spec.lattice).await?;
+            lattice.serve_secrets(&spec.secret_backend, secrets).await?;
+            let nats = lattice.nats().clone();
+            (Some(lattice), nats)
+        }
+    };
+
+    eprintln!("deploying `{}` through wadm", spec.name);
+    let result = watch(&nats, &spec, &par_dir, &spec_dir, args.duration).await;
+    if let Some(lattice) = lattice {
+        eprintln!("stopping the host, wadm and nats-server");
+        lattice.stop().await?;
+    }
+    result
+}
+
+async fn watch(
+    nats: &async_nats::Client,
+    spec: &PipelineSpec,
+    par_dir: &std::path::Path,
+    spec_dir: &std::path::Path,
+    duration: Option<Duration>,
+) -> anyhow::Result<()> {
+    let deployment = Deployment::start(nats, spec, par_dir, spec_dir).await?;
+    eprintln!("deployed; Ctrl-C to undeploy and stop");
+    let stop = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = tick.tick() => {
+                let progress = deployment.progress().await;
+                let mut out = std::io::stdout().lock();
+                let _ = write!(out, "\r\x1b[2K{}: {progress}", spec.name);
+                let _ = out.flush();
+            }
+        }
+    }
+    println!();
+    let last = deployment.progress().await;
+    eprintln!("undeploying `{}` (last: {last})", spec.name);
+    deployment.undeploy().await
+}

@@ -1,0 +1,162 @@
+//! `sluice render`: the committed example manifests are exactly what the binary renders, wadm's
+//! own validation accepts them, swapping a sink is a one-block change that keeps the step, and an
+//! invalid spec is refused with the field's path and what was expected.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sluice_deploy::manifest::{render, Images, DEFAULT_ARTIFACTS};
+use sluice_deploy::spec::{PipelineSpec, SpecError};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pipelines")
+}
+
+fn specs() -> Vec<PathBuf> {
+    let mut specs: Vec<_> = std::fs::read_dir(examples())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml") && !p.to_string_lossy().ends_with(".wadm.yaml"))
+        .collect();
+    specs.sort();
+    specs
+}
+
+fn sluice_render(spec: &Path) -> String {
+    let output = Command::new(SLUICE).arg("render").arg(spec).output().unwrap();
+    assert!(
+        output.status.success(),
+        "sluice render {}: {}",
+        spec.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn committed_manifests_are_what_sluice_render_writes() {
+    let specs = specs();
+    let names: Vec<_> = specs.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
+    for expected in ["http-to-s3", "kafka-to-kafka", "modbus-to-mqtt", "mqtt-to-s3"] {
+        assert!(names.iter().any(|n| n == expected), "examples/pipelines/{expected}.yaml missing");
+    }
+    for spec in specs {
+        let committed_path = spec.with_extension("wadm.yaml");
+        let committed = std::fs::read_to_string(&committed_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", committed_path.display()));
+        let rendered = sluice_render(&spec);
+        assert_eq!(
+            rendered,
+            committed,
+            "{} is stale: run `sluice render {} -o {}`",
+            committed_path.display(),
+            spec.display(),
+            committed_path.display()
+        );
+    }
+}
+
+#[test]
+fn wadm_accepts_every_rendered_manifest() {
+    for spec in specs() {
+        let yaml = sluice_render(&spec);
+        let failures = wadm_types::validation::validate_raw_yaml(yaml.as_bytes()).unwrap();
+        let errors: Vec<_> = failures
+            .iter()
+            .filter(|f| matches!(f.level, wadm_types::validation::ValidationFailureLevel::Error))
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", spec.display());
+        let manifest: wadm_types::Manifest = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(manifest.api_version, "core.oam.dev/v1beta1");
+        assert_eq!(manifest.kind, "Application");
+        // Two links of sluice:pipeline: source -> step (ingest), step -> sink (sink).
+        let links: Vec<_> = manifest
+            .links()
+            .filter_map(|t| match &t.properties {
+                wadm_types::TraitProperty::Link(l) => Some((l.namespace.clone(), l.package.clone(), l.interfaces.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(links.len(), 2, "{}: {links:?}", spec.display());
+        assert!(links.iter().all(|(ns, pkg, _)| ns == "sluice" && pkg == "pipeline"));
+        let mut interfaces: Vec<_> = links.iter().flat_map(|(_, _, i)| i.clone()).collect();
+        interfaces.sort();
+        assert_eq!(interfaces, ["ingest", "sink"]);
+    }
+}
+
+fn mqtt_to_s3() -> String {
+    std::fs::read_to_string(examples().join("mqtt-to-s3.yaml")).unwrap()
+}
+
+fn swap_sink_to_kafka(spec: &str) -> String {
+    let head = &spec[..spec.find("\nsink:\n").expect("sink block")];
+    format!(
+        "{head}\nsink:\n  provider: kafka\n  config:\n    bootstrap_servers: 127.0.0.1:9092\n    topic: sensors.mapped\n"
+    )
+}
+
+#[test]
+fn swapping_the_sink_changes_the_sink_only() {
+    let s3 = PipelineSpec::parse(&mqtt_to_s3()).unwrap();
+    let kafka = PipelineSpec::parse(&swap_sink_to_kafka(&mqtt_to_s3())).unwrap();
+    let a = render(&s3, &Images::under(DEFAULT_ARTIFACTS, &s3));
+    let b = render(&kafka, &Images::under(DEFAULT_ARTIFACTS, &kafka));
+    let component = |m: &sluice_deploy::manifest::Manifest, name: &str| {
+        m.spec.components.iter().find(|c| c.name == name).unwrap().clone()
+    };
+    // Same source, same step file; the sink provider and the step's sink link differ.
+    assert_eq!(component(&a, "source"), component(&b, "source"));
+    assert_eq!(component(&a, "step").properties, component(&b, "step").properties);
+    assert_ne!(component(&a, "sink").properties.image, component(&b, "sink").properties.image);
+    assert!(component(&b, "sink").properties.image.ends_with("/sluice-provider-kafka.par.gz"));
+    assert_ne!(component(&a, "step").traits, component(&b, "step").traits);
+}
+
+fn refused(yaml: &str) -> (String, String) {
+    match PipelineSpec::parse(yaml) {
+        Err(SpecError::Field { path, expected }) => (path, expected),
+        other => panic!("expected a field error, got {other:?}"),
+    }
+}
+
+#[test]
+fn invalid_specs_are_refused_with_the_field_path_and_what_was_expected() {
+    let good = mqtt_to_s3();
+    let cases: Vec<(String, &str, &str)> = vec![
+        (good.replace("provider: s3", "provider: ftp"), "sink.provider", "one of kafka, modbus, mqtt, s3"),
+        (
+            good.replace("provider: mqtt", "provider: nope"),
+            "source.provider",
+            "one of http-inproc, kafka, modbus, mqtt, s3",
+        ),
+        (good.replace("lattice: customer-a", "lattice: customer.a"), "lattice", "letters, digits"),
+        (good.replace("name: sensors-to-s3", "name: Sensors_To_S3"), "name", "lowercase"),
+        (good.replace("steps/sensors.wasm", "steps/sensors.py"), "step.component", "`.wasm`"),
+        (good.replace("    qos: 1\n", "    qos: [1]\n"), "source.config.qos", "untagged enum ConfigValue"),
+        (good.replace("  component: steps/sensors.wasm\n", "  component: steps/sensors.wasm\n  instances: many\n"), "step.instances", "invalid type"),
+        (good.replace("lattice: customer-a\n", ""), ".", "missing field `lattice`"),
+        (good.replace("  provider: s3\n", "  provider: s3\n  topic: x\n"), "sink", "unknown field `topic`"),
+        (
+            good.replace("    bucket: sensors\n", "    bucket: sensors\n    access_key_id: AKIA\n"),
+            "sink.secrets.access_key_id",
+            "either as config or as a secret",
+        ),
+    ];
+    for (yaml, path, expected) in cases {
+        let (got_path, got_expected) = refused(&yaml);
+        assert_eq!(got_path, path, "{got_expected}");
+        assert!(got_expected.contains(expected), "{path}: `{got_expected}` lacks `{expected}`");
+    }
+    // The binary says the same, and fails.
+    let dir = std::env::temp_dir().join(format!("sluice-render-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, good.replace("provider: s3", "provider: ftp")).unwrap();
+    let output = Command::new(SLUICE).arg("render").arg(&bad).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("sink.provider: expected a sink provider"), "{stderr}");
+}
