@@ -76,8 +76,6 @@ fn payload_of(line: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "passes alone (about 2 s) but loses a sink.write answer when run beside the kill -9 \
-            test (wrpc-transport-nats 0.29 reply race): cargo test -p sluice-provider-s3 --test sink -- --ignored"]
 async fn partitions_formats_and_every_roll_policy() {
     let env = Env::start().await;
     env.bucket("sink-test").await;
