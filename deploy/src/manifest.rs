@@ -44,11 +44,21 @@ impl Images {
     #[must_use]
     pub fn under(base: &str, spec: &PipelineSpec) -> Self {
         let base = base.trim_end_matches('/');
-        let file = |path: &Path| path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let stem = |path: &Path| path.file_stem().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let file = |path: &Path| {
+            path.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        };
+        let stem = |path: &Path| {
+            path.file_stem()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        };
         let step = &spec.step.component;
         if base.starts_with("file://") || base.starts_with('/') {
-            let base = if base.starts_with('/') { format!("file://{base}") } else { base.to_string() };
+            let base = if base.starts_with('/') {
+                format!("file://{base}")
+            } else {
+                base.to_string()
+            };
             Self {
                 source: format!("{base}/{}.par.gz", spec.source_kind().package()),
                 step: format!("{base}/{}", file(step)),
@@ -435,15 +445,22 @@ pub fn render(spec: &PipelineSpec, images: &Images) -> Manifest {
         ],
     };
     let source_link = link(
-                LinkSide {
-                    name: Some("step".into()),
-                    config: Vec::new(),
-                    secrets: Vec::new(),
-                },
+        LinkSide {
+            name: Some("step".into()),
+            config: Vec::new(),
+            secrets: Vec::new(),
+        },
         "ingest",
         Some(side(None, format!("{}-source", spec.name), &spec.source)),
     );
-    let source = provider_component(spec, "source", &spec.source, &images.source, ids.source, vec![source_link]);
+    let source = provider_component(
+        spec,
+        "source",
+        &spec.source,
+        &images.source,
+        ids.source,
+        vec![source_link],
+    );
     let sink = provider_component(spec, "sink", &spec.sink, &images.sink, ids.sink, Vec::new());
     Manifest {
         api_version: "core.oam.dev/v1beta1".into(),

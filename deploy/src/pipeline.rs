@@ -130,7 +130,8 @@ impl SharedProviders {
     ) -> anyhow::Result<Self> {
         let mut kinds = Vec::new();
         for provider in providers {
-            let kind = crate::spec::provider_kind(provider).with_context(|| format!("unknown provider `{provider}`"))?;
+            let kind =
+                crate::spec::provider_kind(provider).with_context(|| format!("unknown provider `{provider}`"))?;
             let path = std::path::absolute(crate::archive::path(par_dir, &kind.package()))?;
             anyhow::ensure!(path.is_file(), "{} is missing (`cargo xtask par`)", path.display());
             kinds.push((kind, format!("file://{}", path.display())));
@@ -142,13 +143,18 @@ impl SharedProviders {
         wadm.wait_for(name, StatusType::Deployed, DEPLOY_TIMEOUT)
             .await
             .with_context(|| format!("shared providers `{name}` did not deploy"))?;
-        Ok(Self { name: name.into(), wadm })
+        Ok(Self {
+            name: name.into(),
+            wadm,
+        })
     }
 
     /// Undeploys and deletes the application.
     pub async fn undeploy(self) -> anyhow::Result<()> {
         self.wadm.undeploy(&self.name).await?;
-        self.wadm.wait_for(&self.name, StatusType::Undeployed, DEPLOY_TIMEOUT).await?;
+        self.wadm
+            .wait_for(&self.name, StatusType::Undeployed, DEPLOY_TIMEOUT)
+            .await?;
         self.wadm.delete(&self.name).await
     }
 }

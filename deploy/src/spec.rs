@@ -168,8 +168,7 @@ pub struct Endpoint {
 }
 
 /// A config value: written as a string, number or boolean in YAML, passed to the provider as a string.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ConfigValue {
     /// A string.
     String(String),
@@ -179,6 +178,36 @@ pub enum ConfigValue {
     Int(i64),
     /// A float.
     Float(f64),
+}
+
+impl<'de> Deserialize<'de> for ConfigValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ConfigValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ConfigValue, E> {
+                Ok(ConfigValue::String(v.to_string()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<ConfigValue, E> {
+                Ok(ConfigValue::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<ConfigValue, E> {
+                Ok(ConfigValue::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ConfigValue, E> {
+                i64::try_from(v)
+                    .map(ConfigValue::Int)
+                    .map_err(|_| E::custom("expected a number up to 2^63-1"))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<ConfigValue, E> {
+                Ok(ConfigValue::Float(v))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl fmt::Display for ConfigValue {
@@ -213,7 +242,13 @@ impl PipelineSpec {
         let deserializer = serde_yaml::Deserializer::from_str(yaml);
         let spec: Self = serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let path = err.path().to_string();
-            SpecError::field(path, err.into_inner().to_string())
+            let message = err.into_inner().to_string();
+            // serde_yaml prefixes its own path (`sink: unknown field ...`): the path is given already.
+            let message = match message.split_once(": ") {
+                Some((prefix, rest)) if !prefix.contains(' ') => rest.to_string(),
+                _ => message,
+            };
+            SpecError::field(path, message)
         })?;
         spec.check()?;
         Ok(spec)
@@ -294,7 +329,9 @@ impl PipelineSpec {
 fn is_app_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('-')
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// The provider kind named `name`, if Sluice ships it.

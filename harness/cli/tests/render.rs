@@ -38,14 +38,20 @@ fn sluice_render(spec: &Path) -> String {
 #[test]
 fn committed_manifests_are_what_sluice_render_writes() {
     let specs = specs();
-    let names: Vec<_> = specs.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
+    let names: Vec<_> = specs
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
     for expected in ["http-to-s3", "kafka-to-kafka", "modbus-to-mqtt", "mqtt-to-s3"] {
-        assert!(names.iter().any(|n| n == expected), "examples/pipelines/{expected}.yaml missing");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "examples/pipelines/{expected}.yaml missing"
+        );
     }
     for spec in specs {
         let committed_path = spec.with_extension("wadm.yaml");
-        let committed = std::fs::read_to_string(&committed_path)
-            .unwrap_or_else(|e| panic!("{}: {e}", committed_path.display()));
+        let committed =
+            std::fs::read_to_string(&committed_path).unwrap_or_else(|e| panic!("{}: {e}", committed_path.display()));
         let rendered = sluice_render(&spec);
         assert_eq!(
             rendered,
@@ -75,7 +81,9 @@ fn wadm_accepts_every_rendered_manifest() {
         let links: Vec<_> = manifest
             .links()
             .filter_map(|t| match &t.properties {
-                wadm_types::TraitProperty::Link(l) => Some((l.namespace.clone(), l.package.clone(), l.interfaces.clone())),
+                wadm_types::TraitProperty::Link(l) => {
+                    Some((l.namespace.clone(), l.package.clone(), l.interfaces.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -110,8 +118,15 @@ fn swapping_the_sink_changes_the_sink_only() {
     // Same source, same step file; the sink provider and the step's sink link differ.
     assert_eq!(component(&a, "source"), component(&b, "source"));
     assert_eq!(component(&a, "step").properties, component(&b, "step").properties);
-    assert_ne!(component(&a, "sink").properties.image, component(&b, "sink").properties.image);
-    assert!(component(&b, "sink").properties.image.ends_with("/sluice-provider-kafka.par.gz"));
+    assert_ne!(
+        component(&a, "sink").properties.image,
+        component(&b, "sink").properties.image
+    );
+    assert!(component(&b, "sink")
+        .properties
+        .image
+        .unwrap()
+        .ends_with("/sluice-provider-kafka.par.gz"));
     assert_ne!(component(&a, "step").traits, component(&b, "step").traits);
 }
 
@@ -125,30 +140,62 @@ fn refused(yaml: &str) -> (String, String) {
 #[test]
 fn invalid_specs_are_refused_with_the_field_path_and_what_was_expected() {
     let good = mqtt_to_s3();
-    let cases: Vec<(String, &str, &str)> = vec![
-        (good.replace("provider: s3", "provider: ftp"), "sink.provider", "one of kafka, modbus, mqtt, s3"),
+    // (text in the good spec, replaced by, field path, part of what was expected)
+    let cases: [(&str, &str, &str, &str); 10] = [
         (
-            good.replace("provider: mqtt", "provider: nope"),
+            "provider: s3",
+            "provider: ftp",
+            "sink.provider",
+            "one of kafka, modbus, mqtt, s3",
+        ),
+        (
+            "provider: mqtt",
+            "provider: nope",
             "source.provider",
             "one of http-inproc, kafka, modbus, mqtt, s3",
         ),
-        (good.replace("lattice: customer-a", "lattice: customer.a"), "lattice", "letters, digits"),
-        (good.replace("name: sensors-to-s3", "name: Sensors_To_S3"), "name", "lowercase"),
-        (good.replace("steps/sensors.wasm", "steps/sensors.py"), "step.component", "`.wasm`"),
-        (good.replace("    qos: 1\n", "    qos: [1]\n"), "source.config.qos", "untagged enum ConfigValue"),
-        (good.replace("  component: steps/sensors.wasm\n", "  component: steps/sensors.wasm\n  instances: many\n"), "step.instances", "invalid type"),
-        (good.replace("lattice: customer-a\n", ""), ".", "missing field `lattice`"),
-        (good.replace("  provider: s3\n", "  provider: s3\n  topic: x\n"), "sink", "unknown field `topic`"),
         (
-            good.replace("    bucket: sensors\n", "    bucket: sensors\n    access_key_id: AKIA\n"),
+            "lattice: customer-a",
+            "lattice: customer.a",
+            "lattice",
+            "letters, digits",
+        ),
+        ("name: sensors-to-s3", "name: Sensors_To_S3", "name", "lowercase"),
+        ("steps/sensors.wasm", "steps/sensors.py", "step.component", "`.wasm`"),
+        (
+            "    qos: 1\n",
+            "    qos: [1]\n",
+            "source.config.qos",
+            "expected a string, number or boolean",
+        ),
+        (
+            "  component: steps/sensors.wasm\n",
+            "  component: steps/sensors.wasm\n  instances: many\n",
+            "step.instances",
+            "invalid type",
+        ),
+        ("lattice: customer-a\n", "", ".", "missing field `lattice`"),
+        (
+            "  provider: s3\n",
+            "  provider: s3\n  topic: x\n",
+            "sink.topic",
+            "unknown field `topic`",
+        ),
+        (
+            "    bucket: sensors\n",
+            "    bucket: sensors\n    access_key_id: AKIA\n",
             "sink.secrets.access_key_id",
             "either as config or as a secret",
         ),
     ];
-    for (yaml, path, expected) in cases {
-        let (got_path, got_expected) = refused(&yaml);
+    for (from, to, path, expected) in cases {
+        assert!(good.contains(from), "{from}");
+        let (got_path, got_expected) = refused(&good.replace(from, to));
         assert_eq!(got_path, path, "{got_expected}");
-        assert!(got_expected.contains(expected), "{path}: `{got_expected}` lacks `{expected}`");
+        assert!(
+            got_expected.contains(expected),
+            "{path}: `{got_expected}` lacks `{expected}`"
+        );
     }
     // The binary says the same, and fails.
     let dir = std::env::temp_dir().join(format!("sluice-render-{}", std::process::id()));

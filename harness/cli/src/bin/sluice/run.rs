@@ -38,7 +38,9 @@ pub struct Args {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number.parse().map_err(|_| format!("expected e.g. `30s`, found `{text}`"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("expected e.g. `30s`, found `{text}`"))?;
     match unit {
         "s" | "" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
@@ -56,9 +58,7 @@ fn default_par_dir() -> PathBuf {
 /// Runs the pipeline until Ctrl-C (or `--duration`).
 pub fn run(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
         .with_writer(std::io::stderr)
         .init();
     tokio::runtime::Runtime::new()?.block_on(run_async(args))
