@@ -237,6 +237,10 @@ pub struct Link {
     /// The source side's config and secrets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<LinkSide>,
+    /// The link name (`default` when absent). A source has one link per name and interface, so a
+    /// provider feeding many pipelines needs one name per pipeline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// One side of a link: named config and secrets.
@@ -399,13 +403,14 @@ fn provider_config(name: String, endpoint: &Endpoint) -> Vec<NamedConfig> {
     }]
 }
 
-fn link(target: LinkSide, interface: &str, source: Option<LinkSide>) -> Trait {
+fn link(target: LinkSide, interface: &str, source: Option<LinkSide>, name: Option<String>) -> Trait {
     Trait::Link(Box::new(Link {
         target,
         namespace: WIT_NAMESPACE.into(),
         package: WIT_PACKAGE.into(),
         interfaces: vec![interface.into()],
         source,
+        name,
     }))
 }
 
@@ -441,6 +446,7 @@ pub fn render(spec: &PipelineSpec, images: &Images) -> Manifest {
                 side(Some("sink".into()), format!("{}-sink", spec.name), &spec.sink),
                 "sink",
                 None,
+                None,
             ),
         ],
     };
@@ -452,6 +458,8 @@ pub fn render(spec: &PipelineSpec, images: &Images) -> Manifest {
         },
         "ingest",
         Some(side(None, format!("{}-source", spec.name), &spec.source)),
+        // Named after the pipeline: a shared source provider has one such link per pipeline.
+        Some(spec.name.clone()),
     );
     let source = provider_component(
         spec,

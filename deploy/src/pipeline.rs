@@ -60,8 +60,7 @@ impl Deployment {
     pub async fn start_with(nats: &async_nats::Client, spec: &PipelineSpec, images: &Images) -> anyhow::Result<Self> {
         let manifest = render(spec, images);
         let wadm = WadmClient::new(nats.clone(), &spec.lattice);
-        let name = wadm.put(&manifest.to_yaml()).await?;
-        wadm.deploy(&name).await?;
+        wadm.put(&manifest.to_yaml()).await?;
         let deployment = Self {
             spec: spec.clone(),
             ids: Ids::of(spec),
@@ -71,7 +70,7 @@ impl Deployment {
         };
         deployment
             .wadm
-            .wait_for(&deployment.spec.name, StatusType::Deployed, DEPLOY_TIMEOUT)
+            .deploy_and_wait(&deployment.spec.name, DEPLOY_TIMEOUT)
             .await
             .with_context(|| format!("pipeline `{}` did not deploy", deployment.spec.name))?;
         Ok(deployment)
@@ -139,8 +138,7 @@ impl SharedProviders {
         let manifest = crate::manifest::render_shared_providers(name, lattice, &kinds);
         let wadm = WadmClient::new(nats.clone(), lattice);
         wadm.put(&manifest.to_yaml()).await?;
-        wadm.deploy(name).await?;
-        wadm.wait_for(name, StatusType::Deployed, DEPLOY_TIMEOUT)
+        wadm.deploy_and_wait(name, DEPLOY_TIMEOUT)
             .await
             .with_context(|| format!("shared providers `{name}` did not deploy"))?;
         Ok(Self {

@@ -139,6 +139,39 @@ impl WadmClient {
         }
     }
 
+    /// Deploys application `name` and waits until wadm reports it deployed. A wadm that has not
+    /// yet observed the lattice (its hosts' first events) does not act on a deploy, or reports it
+    /// `Failed` with no eligible host until the host's next heartbeat: while the application
+    /// stays `Undeployed` the deploy is sent again, and `Failed` is reported only at the deadline.
+    pub async fn deploy_and_wait(&self, name: &str, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        let mut last = None;
+        while Instant::now() < deadline {
+            self.deploy(name).await?;
+            let resend = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < resend.min(deadline) {
+                let status = self.status(name).await?;
+                match &status {
+                    Some((StatusType::Deployed, _)) => return Ok(()),
+                    _ => {}
+                }
+                last = status;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            if !matches!(last, Some((StatusType::Undeployed, _)) | None) {
+                // wadm is working on it: wait without deploying again.
+                return self
+                    .wait_for(
+                        name,
+                        StatusType::Deployed,
+                        deadline.saturating_duration_since(Instant::now()),
+                    )
+                    .await;
+            }
+        }
+        bail!("`{name}` was not deployed within {within:?}; last status {last:?}")
+    }
+
     /// Waits until application `name` reaches `wanted` (or fails with wadm's message).
     pub async fn wait_for(&self, name: &str, wanted: StatusType, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
