@@ -38,3 +38,20 @@ pub fn from_bytes(what: &str, bytes: &[u8]) -> Result<Vec<u8>, ComponentError> {
             reason: format!("{e:#}"),
         })
 }
+
+/// How many core module instantiations the component `bytes` performs (nested components
+/// included), to compare with a host's per-component limit (wasmCloud 1.x:
+/// `--max-core-instances-per-component`, default 30).
+pub fn core_instantiations(bytes: &[u8]) -> Result<usize, wasmparser::BinaryReaderError> {
+    let mut count = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        if let wasmparser::Payload::InstanceSection(reader) = payload? {
+            for instance in reader {
+                if matches!(instance?, wasmparser::Instance::Instantiate { .. }) {
+                    count += 1;
+                }
+            }
+        }
+    }
+    Ok(count)
+}

@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 use common::fixtures::{self, Lang};
-use common::host::{Bounds, StepHost};
 use sluice_cli::compose::{compose, ComposeError, ComposeOptions, DenyMode, INGEST, SINK};
 use sluice_cli::policy::Policy;
 use sluice_cli::world::World;
@@ -61,10 +60,7 @@ fn python_and_js_steps_keep_only_ingest_sink_and_allowed_imports() {
             "{lang:?}: {:?}",
             composed.stubbed
         );
-        // The host links nothing but the allowed interfaces, so instantiating proves the point.
-        StepHost::new(&composed.bytes, Bounds::default())
-            .and_then(|host| host.instantiate().map(drop))
-            .unwrap_or_else(|e| panic!("{lang:?}: {e:?}"));
+        // (tests/run.rs runs these steps in a host that links nothing but the allowed interfaces.)
     }
 }
 

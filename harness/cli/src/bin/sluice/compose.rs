@@ -66,8 +66,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for import in &composed.stubbed {
         eprintln!("stubbed (traps when called): {import}");
     }
+    let instances = sluice_cli::component::core_instantiations(&composed.bytes)?;
     eprintln!(
-        "wrote {} ({} bytes; output limits: {})",
+        "wrote {} ({} bytes, {instances} core instances; output limits: {})",
         args.output.display(),
         composed.bytes.len(),
         options.limits
