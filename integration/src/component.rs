@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use futures::StreamExt as _;
+use sluice_provider_core::wrpc::nats;
 use sluice_provider_core::{Failure, Message, Rejected};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -62,7 +63,7 @@ pub struct FakeComponent {
     /// The component id providers deliver to.
     pub id: String,
     lattice: String,
-    nats: Arc<async_nats::Client>,
+    wrpc: nats::Client,
     state: Arc<State>,
     server: Arc<JoinHandle<()>>,
 }
@@ -130,10 +131,9 @@ impl bindings::exports::sluice::pipeline::ingest::Handler<Option<HeaderMap>> for
 
 impl FakeComponent {
     /// Serves `ingest.deliver` as component `id` on `lattice`, accepting everything.
-    pub async fn serve(nats: &async_nats::Client, lattice: &str, id: &str) -> anyhow::Result<Self> {
-        let nats = Arc::new(nats.clone());
+    pub async fn serve(client: &async_nats::Client, lattice: &str, id: &str) -> anyhow::Result<Self> {
         let prefix: Arc<str> = format!("{lattice}.{id}").into();
-        let wrpc = wrpc_transport_nats::Client::new(Arc::clone(&nats), Arc::clone(&prefix), Some(prefix)).await?;
+        let wrpc = nats::Client::new(client.clone(), Arc::clone(&prefix), Some(prefix)).await?;
         let state = Arc::new(State {
             behaviour: Mutex::new(Arc::new(|_: &[Message]| Reply::Accept)),
             calls: Mutex::default(),
@@ -164,11 +164,11 @@ impl FakeComponent {
             }
         });
         // Let the subscription reach the server before anyone calls.
-        nats.flush().await?;
+        client.flush().await?;
         Ok(Self {
             id: id.into(),
             lattice: lattice.into(),
-            nats,
+            wrpc,
             state,
             server: Arc::new(server),
         })
@@ -246,14 +246,12 @@ impl FakeComponent {
         link_name: &str,
         batch: &[Message],
     ) -> anyhow::Result<Result<(), Failure>> {
-        let prefix: Arc<str> = format!("{}.{provider}", self.lattice).into();
-        let wrpc = wrpc_transport_nats::Client::new(Arc::clone(&self.nats), prefix, None).await?;
+        let wrpc = self.wrpc.with_prefix(format!("{}.{provider}", self.lattice));
         let mut headers = HeaderMap::new();
         headers.insert("source-id", self.id.as_str());
         headers.insert("target-id", provider);
         headers.insert("link-name", link_name);
-        // A call whose answer is lost (see `sluice_provider_core::wrpc::WrpcIngest`) must fail the
-        // test, not hang it.
+        // A provider that never answers must fail the test, not hang it.
         tokio::time::timeout(
             WRITE_TIMEOUT,
             bindings::sluice::pipeline::sink::write(&wrpc, Some(headers), batch),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sluice_integration::component::{payloads, records, FakeComponent, Reply};
 use sluice_integration::servers::NatsServer;
 use sluice_provider_core::testing::{MemorySink, MemorySource};
-use sluice_provider_core::wrpc::WrpcIngest;
+use sluice_provider_core::wrpc::{nats, WrpcIngest};
 use sluice_provider_core::{Engine, Failure, LinkError, LinkKey, LinkSpec, Message};
 
 const LATTICE: &str = "default";
@@ -49,9 +49,7 @@ impl Setup {
         let prefix = format!("{LATTICE}.{}", key.component);
         self.engine
             .put_source_link(spec, |_| async move {
-                Ok(WrpcIngest::new(
-                    wrpc_transport_nats::Client::new(client, prefix, None).await?,
-                ))
+                Ok(WrpcIngest::new(nats::Client::new(client, prefix, None).await?))
             })
             .await
     }

@@ -10,7 +10,7 @@ use futures::StreamExt as _;
 use sluice_integration::component::FakeComponent;
 use sluice_integration::servers::NatsServer;
 use sluice_provider_core::testing::MemorySource;
-use sluice_provider_core::wrpc::WrpcIngest;
+use sluice_provider_core::wrpc::{nats, WrpcIngest};
 use sluice_provider_core::{Engine, LinkKey, LinkSpec, Message, Unsupported};
 
 const PAYLOAD: usize = 1024;
@@ -36,9 +36,7 @@ async fn engine_rate(nats: &NatsServer, batch: usize, records: usize) -> anyhow:
     let started = Instant::now();
     engine
         .put_source_link(spec, |_| async move {
-            Ok(WrpcIngest::new(
-                wrpc_transport_nats::Client::new(client, prefix, None).await?,
-            ))
+            Ok(WrpcIngest::new(nats::Client::new(client, prefix, None).await?))
         })
         .await?;
     let done = stream
