@@ -3,7 +3,7 @@
 //! - [`S3Sink`] writes each link's records into big, partitioned objects (key templates, `jsonl`
 //!   or `raw`, optional gzip/zstd), uploading parts as they fill, so memory is bounded by the open
 //!   parts and never by object size. A write succeeds only once its records are in a completed
-//!   object.
+//!   object, or, with `spool_dir`, once they are fsynced in the link's local spool.
 //! - [`S3Source`] lists a prefix with continuation tokens, streams each object line by line, and
 //!   keeps a checkpoint (finished keys, position in the current object) in the bucket or a local
 //!   file, advanced only by records the component accepted.
@@ -17,6 +17,7 @@ pub mod client;
 pub mod format;
 pub mod sink;
 pub mod source;
+pub mod spool;
 pub mod template;
 
 use sluice_provider_core::{ConfigError, ConfigReader, ConnectorError, LinkKey, SinkConnector, SourceConnector};
@@ -80,6 +81,6 @@ impl SinkConnector for S3Sink {
         check_bucket(&client, &config.client.bucket)
             .await
             .map_err(ConnectorError::new)?;
-        Ok(S3Writer::new(client, config, template, link.clone()))
+        S3Writer::new(client, config, template, link.clone()).map_err(ConnectorError::new)
     }
 }

@@ -12,6 +12,7 @@
 //! write with records in it answers `retry`.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,13 +21,14 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use sluice_provider_core::{ConfigError, ConfigReader, ConnectorError, Failure, LinkKey, Message, Rejected};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::client::{ClientConfig, S3Error};
 use crate::format::{Compression, Encoder, Format};
+use crate::spool::{self, Spool};
 use crate::template::{unique_suffix, KeyTemplate, Partition, TimeSource};
 
 /// S3's smallest part (all but the last).
@@ -62,6 +64,12 @@ pub struct SinkConfig {
     /// prefix older than this are aborted (left by a killed provider; default `1h`; `0s` aborts
     /// every upload started before the link).
     pub abort_incomplete_after: Option<Duration>,
+    /// `spool_dir`: when set, a write succeeds once its records are fsynced in a local spool
+    /// under this directory, and objects are written from the spool in the background (default:
+    /// unset, a write waits for its objects).
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// `spool_max_bytes`: writes answer `retry` while the spool holds this much (default `1GiB`).
+    pub spool_max_bytes: u64,
 }
 
 impl SinkConfig {
@@ -125,6 +133,8 @@ impl SinkConfig {
             max_open_objects: config.positive_or("max_open_objects", 8)?,
             max_concurrent_writes: config.positive_or("max_concurrent_writes", 4)?,
             abort_incomplete_after,
+            spool_dir: config.str("spool_dir").map(std::path::PathBuf::from),
+            spool_max_bytes: config.size_or("spool_max_bytes", 1 << 30)?,
         })
     }
 }
@@ -175,11 +185,32 @@ struct Shared {
 pub struct S3Writer {
     shared: Arc<Shared>,
     ticker: JoinHandle<()>,
+    spool: Option<Spooled>,
+}
+
+/// The spool of a link with `spool_dir`, and the task uploading from it.
+struct Spooled {
+    spool: Arc<Spool>,
+    files: mpsc::UnboundedSender<PathBuf>,
+    drainer: JoinHandle<()>,
 }
 
 impl S3Writer {
-    /// A writer for `link` (its bucket already checked).
-    pub fn new(client: aws_sdk_s3::Client, config: SinkConfig, template: KeyTemplate, link: LinkKey) -> Self {
+    /// A writer for `link` (its bucket already checked); with `spool_dir`, the files an earlier
+    /// run left in the link's spool are uploaded first.
+    ///
+    /// # Errors
+    /// When the spool directory cannot be created or read.
+    pub fn new(
+        client: aws_sdk_s3::Client,
+        config: SinkConfig,
+        template: KeyTemplate,
+        link: LinkKey,
+    ) -> std::io::Result<Self> {
+        let spool = match &config.spool_dir {
+            Some(root) => Some(Spool::open(root, &link, config.spool_max_bytes)?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             client,
             template,
@@ -194,8 +225,84 @@ impl S3Writer {
             tokio::spawn(abort_incomplete(Arc::clone(&shared), age));
         }
         let ticker = tokio::spawn(close_aged(Arc::downgrade(&shared)));
-        Self { shared, ticker }
+        let spool = spool.map(|(spool, left)| {
+            if !left.is_empty() {
+                info!(link = %shared.link, files = left.len(), bytes = spool.bytes(), "uploading what an earlier run spooled");
+            }
+            let spool = Arc::new(spool);
+            let (files, queue) = mpsc::unbounded_channel();
+            for path in left {
+                let _ = files.send(path);
+            }
+            let drainer = tokio::spawn(drain_spool(
+                Arc::clone(&shared),
+                Arc::clone(&spool),
+                files.clone(),
+                queue,
+            ));
+            Spooled { spool, files, drainer }
+        });
+        Ok(Self { shared, ticker, spool })
     }
+}
+
+/// Feeds spooled batches into objects, in spool order; each file is deleted once every object
+/// holding its records is complete, and offered again after a pause when one failed.
+async fn drain_spool(
+    shared: Arc<Shared>,
+    spool: Arc<Spool>,
+    files: mpsc::UnboundedSender<PathBuf>,
+    mut queue: mpsc::UnboundedReceiver<PathBuf>,
+) {
+    while let Some(path) = queue.recv().await {
+        let batch = match tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || spool::read(&path)
+        })
+        .await
+        {
+            Ok(Ok(batch)) => batch,
+            Ok(Err(err)) => {
+                warn!(link = %shared.link, path = %path.display(), error = %err, "unreadable spool file left in place");
+                continue;
+            }
+            Err(err) => {
+                warn!(link = %shared.link, error = %err, "spool read task failed");
+                continue;
+            }
+        };
+        let (_, outcomes) = shared.append_batch(&batch, now_ms(), false).await;
+        drop(batch);
+        let (shared_, spool, files) = (Arc::clone(&shared), Arc::clone(&spool), files.clone());
+        shared.track(tokio::spawn(async move {
+            match wait_outcomes(outcomes).await {
+                None => {
+                    if let Err(err) = spool.remove(&path) {
+                        warn!(link = %shared_.link, path = %path.display(), error = %err, "could not delete an uploaded spool file");
+                    }
+                }
+                Some(reason) => {
+                    warn!(link = %shared_.link, path = %path.display(), error = %reason, "spooled records not stored; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = files.send(path);
+                }
+            }
+        }));
+    }
+}
+
+/// Waits for every object in `outcomes`; the reason of a failure, if any.
+async fn wait_outcomes(outcomes: Vec<watch::Receiver<Outcome>>) -> Option<String> {
+    let mut failure = None;
+    for mut outcome in outcomes {
+        let result = outcome.wait_for(Option::is_some).await.map(|o| o.clone());
+        match result {
+            Ok(Some(Ok(()))) => {}
+            Ok(Some(Err(reason))) => failure = Some(reason),
+            _ => failure = Some("the link closed before the object completed".into()),
+        }
+    }
+    failure
 }
 
 fn now_ms() -> u64 {
@@ -531,48 +638,95 @@ async fn abort_incomplete(shared: Arc<Shared>, age: Duration) {
     }
 }
 
-impl sluice_provider_core::SinkWriter for S3Writer {
-    async fn write(&self, batch: Vec<Message>) -> Result<(), Failure> {
-        let shared = &self.shared;
-        let arrival = now_ms();
+impl Shared {
+    /// Encodes `batch` into its partitions' objects: the records the format refuses, and the
+    /// outcomes of the objects now holding the rest. A `waiting` write counts itself among the
+    /// link's writes waiting on objects (all slots waiting closes the open objects).
+    async fn append_batch(
+        self: &Arc<Self>,
+        batch: &[Message],
+        arrival: u64,
+        waiting: bool,
+    ) -> (Vec<Rejected>, Vec<watch::Receiver<Outcome>>) {
         let mut rejected = Vec::new();
         let mut outcomes: Vec<watch::Receiver<Outcome>> = Vec::new();
-        {
-            // Records go straight from the batch into their objects' part buffers: no copy of
-            // the batch is held beside it.
-            let mut line = Vec::new();
-            let mut pool = shared.pool.lock().await;
-            for (i, message) in batch.iter().enumerate() {
-                line.clear();
-                if let Err(reason) = shared.config.format.encode(message, &mut line) {
-                    rejected.push(Rejected {
-                        index: u32::try_from(i).unwrap_or(u32::MAX),
-                        reason,
-                    });
-                    continue;
-                }
-                let partition = shared.template.partition(message, shared.config.time_source, arrival);
-                let outcome = shared.append(&mut pool, &partition, &line).await;
-                if !outcomes.iter().any(|o| o.same_channel(&outcome)) {
-                    outcomes.push(outcome);
-                }
+        let mut line = Vec::new();
+        let mut pool = self.pool.lock().await;
+        for (i, message) in batch.iter().enumerate() {
+            line.clear();
+            if let Err(reason) = self.config.format.encode(message, &mut line) {
+                rejected.push(Rejected {
+                    index: u32::try_from(i).unwrap_or(u32::MAX),
+                    reason,
+                });
+                continue;
             }
-            drop(batch);
-            let waiting = shared.waiting.fetch_add(1, Ordering::SeqCst) + 1;
-            if waiting >= shared.config.max_concurrent_writes {
-                shared.close_all(&mut pool);
+            let partition = self.template.partition(message, self.config.time_source, arrival);
+            let outcome = self.append(&mut pool, &partition, &line).await;
+            if !outcomes.iter().any(|o| o.same_channel(&outcome)) {
+                outcomes.push(outcome);
             }
         }
-        let mut failure = None;
-        for mut outcome in outcomes {
-            let result = outcome.wait_for(Option::is_some).await.map(|o| o.clone());
-            match result {
-                Ok(Some(Ok(()))) => {}
-                Ok(Some(Err(reason))) => failure = Some(reason),
-                _ => failure = Some("the link closed before the object completed".into()),
+        if waiting && self.waiting.fetch_add(1, Ordering::SeqCst) + 1 >= self.config.max_concurrent_writes {
+            self.close_all(&mut pool);
+        }
+        (rejected, outcomes)
+    }
+}
+
+impl S3Writer {
+    /// Spool mode: the records the format accepts go to an fsynced spool file, and the write
+    /// succeeds; objects are written from the spool in the background.
+    async fn spool(&self, spooled: &Spooled, batch: Vec<Message>) -> Result<(), Failure> {
+        if spooled.spool.is_full() {
+            return Err(Failure::Retry(format!(
+                "the spool holds {} bytes (spool_max_bytes); try again",
+                spooled.spool.bytes()
+            )));
+        }
+        let mut rejected = Vec::new();
+        let mut line = Vec::new();
+        let mut keep = vec![true; batch.len()];
+        for (i, message) in batch.iter().enumerate() {
+            line.clear();
+            if let Err(reason) = self.shared.config.format.encode(message, &mut line) {
+                keep[i] = false;
+                rejected.push(Rejected {
+                    index: u32::try_from(i).unwrap_or(u32::MAX),
+                    reason,
+                });
             }
         }
-        shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        if rejected.len() < batch.len() {
+            let spool = Arc::clone(&spooled.spool);
+            let written = tokio::task::spawn_blocking(move || {
+                let accepted: Vec<&Message> = batch.iter().zip(&keep).filter(|(_, k)| **k).map(|(m, _)| m).collect();
+                spool.append(&accepted)
+            })
+            .await
+            .map_err(|e| Failure::Retry(format!("spool task failed: {e}")))?
+            .map_err(|e| Failure::Retry(format!("records not spooled: {e}")))?;
+            let _ = spooled.files.send(written);
+        }
+        if rejected.is_empty() {
+            Ok(())
+        } else {
+            Err(Failure::Reject(rejected))
+        }
+    }
+}
+
+impl sluice_provider_core::SinkWriter for S3Writer {
+    async fn write(&self, batch: Vec<Message>) -> Result<(), Failure> {
+        if let Some(spooled) = &self.spool {
+            return self.spool(spooled, batch).await;
+        }
+        // Records go straight from the batch into their objects' part buffers: no copy of the
+        // batch is held beside it.
+        let (rejected, outcomes) = self.shared.append_batch(&batch, now_ms(), true).await;
+        drop(batch);
+        let failure = wait_outcomes(outcomes).await;
+        self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
         if let Some(reason) = failure {
             return Err(Failure::Retry(format!("records not stored: {reason}")));
         }
@@ -583,6 +737,10 @@ impl sluice_provider_core::SinkWriter for S3Writer {
     }
 
     async fn close(&self) -> Result<(), ConnectorError> {
+        if let Some(spooled) = &self.spool {
+            // What is spooled but not yet in objects stays in the spool for the next run.
+            spooled.drainer.abort();
+        }
         {
             let mut pool = self.shared.pool.lock().await;
             self.shared.close_all(&mut pool);
@@ -605,5 +763,8 @@ impl sluice_provider_core::SinkWriter for S3Writer {
 impl Drop for S3Writer {
     fn drop(&mut self) {
         self.ticker.abort();
+        if let Some(spooled) = &self.spool {
+            spooled.drainer.abort();
+        }
     }
 }

@@ -1,5 +1,16 @@
-//! `sluice`: renders pipeline specs to wadm manifests and runs them on an embedded lattice.
+//! `sluice`: composes a pipeline step from the trusted `in` and `out` components and a customer's
+//! logic under an import policy, scaffolds customer logic, and (through `sluice-deploy`) renders
+//! pipeline specs as wadm manifests and runs them on an embedded lattice.
 //!
-//! The binary (`src/bin/sluice`) only parses arguments; what it does lives in libraries
-//! (`sluice-deploy` for specs, manifests, the embedded host and wadm) so tests and other tools
-//! can use it.
+//! The binary (`src/bin/sluice`) only parses arguments; everything it does lives here or in
+//! `sluice-deploy` so tests, benchmarks and other tools can use it.
+
+pub mod component;
+pub mod compose;
+pub mod guest;
+pub mod limits;
+pub mod policy;
+pub mod stub;
+pub mod templates;
+pub mod trusted;
+pub mod world;

@@ -1,8 +1,13 @@
-//! `sluice`: Sluice's command line. Each subcommand lives in its own module; this file only
-//! parses and dispatches.
+//! `sluice`: compose pipeline steps, scaffold customer logic, render pipeline specs as wadm
+//! manifests and run them. Each subcommand lives in its own module; this file only parses and
+//! dispatches.
 
+mod compose;
+mod new;
 mod render;
 mod run;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -16,15 +21,29 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Compose trusted in + customer logic + trusted out into one step component.
+    Compose(compose::Args),
+    /// Create a project from a template.
+    #[command(subcommand)]
+    New(new::What),
     /// Render a pipeline spec as a wadm manifest.
     Render(render::Args),
     /// Run a pipeline on a local lattice (embedded wasmCloud host and wadm) until Ctrl-C.
     Run(run::Args),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    let outcome = match Cli::parse().command {
+        Command::Compose(args) => compose::run(args),
+        Command::New(what) => new::run(what),
         Command::Render(args) => render::run(args),
         Command::Run(args) => run::run(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
