@@ -151,9 +151,8 @@ impl WadmClient {
             let resend = Instant::now() + Duration::from_secs(10);
             while Instant::now() < resend.min(deadline) {
                 let status = self.status(name).await?;
-                match &status {
-                    Some((StatusType::Deployed, _)) => return Ok(()),
-                    _ => {}
+                if let Some((StatusType::Deployed, _)) = &status {
+                    return Ok(());
                 }
                 last = status;
                 tokio::time::sleep(Duration::from_millis(250)).await;
