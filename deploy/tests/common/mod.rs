@@ -22,23 +22,15 @@ pub fn providers() -> Vec<ProviderPackage> {
 
 static ARCHIVES: OnceCell<PathBuf> = OnceCell::const_new();
 
-/// A directory with every provider's `.par.gz`, packaged from the debug binaries (once).
+/// A directory with every provider's `.par.gz`, packaged (once, in parallel) from the debug binaries.
 pub async fn archives() -> PathBuf {
     ARCHIVES
         .get_or_init(|| async {
             let dir = sluice_integration::servers::temp_dir("par").expect("temp dir");
-            let debug = debug_dir();
-            for provider in providers() {
-                let binary = debug.join(&provider.name);
-                assert!(
-                    binary.is_file(),
-                    "{} is missing: build the providers first (`cargo build --bins`)",
-                    binary.display()
-                );
-                xtask::par::package(&binary, &provider, &dir)
-                    .await
-                    .unwrap_or_else(|err| panic!("packaging {}: {err:#}", provider.name));
-            }
+            let workspace = Workspace::discover().expect("cargo metadata");
+            xtask::par::package_all(&workspace, xtask::par::Profile::Debug, &dir)
+                .await
+                .expect("package the debug providers (build them first: `cargo build --bins`)");
             dir
         })
         .await
