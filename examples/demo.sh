@@ -63,11 +63,20 @@ for i in $(seq 1 20); do
     -m "{\"device\":\"sensor-$((i % 4))\",\"temp\":$((18 + i % 7)).$i,\"site\":\"plant-a\",\"seq\":$i}"
 done
 mosquitto_pub -h 127.0.0.1 -p 1883 -q 1 -t sensors/plant-a -m '{"device":"sensor-0","kind":"heartbeat"}'
-sleep 6
+
+keys() { s3 "http://127.0.0.1:8333/sensors?list-type=2" | grep -o '<Key>[^<]*</Key>' | sed 's/<[^>]*>//g'; }
+# The S3 sink acknowledges a batch once its object is complete (max_object_age 2s in the spec), so
+# records land over a few seconds: wait for all 20.
+for _ in $(seq 1 60); do
+  lines=0
+  for key in $(keys); do lines=$((lines + $(s3 "http://127.0.0.1:8333/sensors/$key" | wc -l))); done
+  [ "$lines" -ge 20 ] && break
+  sleep 1
+done
 
 echo
 echo "==> objects in s3://sensors"
-for key in $(s3 "http://127.0.0.1:8333/sensors?list-type=2" | grep -o '<Key>[^<]*</Key>' | sed 's/<[^>]*>//g'); do
+for key in $(keys); do
   echo "--- $key"
   s3 "http://127.0.0.1:8333/sensors/$key"
 done
