@@ -13,11 +13,11 @@ use wasmcloud_provider_sdk::{
     LinkDeleteInfo, Provider,
 };
 
-use crate::config::Secret;
+use crate::config::{ConfigReader, ProviderConfig, Secret};
 use crate::engine::Engine;
 use crate::link::{LinkKey, LinkSpec};
 use crate::sink::SinkConnector;
-use crate::source::SourceConnector;
+use crate::source::SourceSide;
 use crate::wrpc::WrpcIngest;
 use crate::{Failure, Message};
 
@@ -30,8 +30,37 @@ pub fn status_subject(lattice: &str, provider_key: &str) -> String {
 
 /// Runs a provider made of `source` and `sink` (either may be [`crate::Unsupported`]) until the
 /// host shuts it down or it receives SIGTERM/SIGINT, then drains every link.
-pub async fn run<S: SourceConnector, K: SinkConnector>(name: &'static str, source: S, sink: K) -> anyhow::Result<()> {
+pub async fn run<S: SourceSide, K: SinkConnector>(name: &'static str, source: S, sink: K) -> anyhow::Result<()> {
+    run_with_config(name, |_| Ok((source, sink))).await
+}
+
+/// Like [`run`], for a provider whose connectors are built from the provider's own config
+/// ([`ProviderConfig`]: HostData `config` and `secrets`), e.g. the address it listens on. `build`
+/// runs once, inside the runtime, before any link arrives; its error (name the key) stops the
+/// provider, and the host reports it. Keys `build` did not read are warned about (`OTEL_*` keys
+/// belong to the SDK).
+pub async fn run_with_config<S, K, F>(name: &'static str, build: F) -> anyhow::Result<()>
+where
+    S: SourceSide,
+    K: SinkConnector,
+    F: FnOnce(&ConfigReader<'_>) -> anyhow::Result<(S, K)>,
+{
     wasmcloud_provider_sdk::initialize_observability!(name, None::<std::ffi::OsString>);
+    let host_data = wasmcloud_provider_sdk::load_host_data().context("failed to load host data")?;
+    let config = ProviderConfig {
+        values: host_data.config.clone(),
+        secrets: secrets(&host_data.secrets),
+    };
+    let reader = config.reader();
+    let (source, sink) = build(&reader).context("provider config refused")?;
+    let unread: Vec<String> = reader
+        .unread_keys()
+        .into_iter()
+        .filter(|k| !k.to_ascii_uppercase().starts_with("OTEL_"))
+        .collect();
+    if !unread.is_empty() {
+        warn!(keys = ?unread, "ignoring unknown provider config keys");
+    }
     let provider = WasmcloudProvider {
         engine: Arc::new(Engine::new(source, sink)),
     };
@@ -88,11 +117,11 @@ pub async fn run<S: SourceConnector, K: SinkConnector>(name: &'static str, sourc
 }
 
 /// Adapts an [`Engine`] to the wasmCloud provider SDK.
-pub struct WasmcloudProvider<S: SourceConnector, K: SinkConnector> {
+pub struct WasmcloudProvider<S: SourceSide, K: SinkConnector> {
     engine: Arc<Engine<S, K>>,
 }
 
-impl<S: SourceConnector, K: SinkConnector> Clone for WasmcloudProvider<S, K> {
+impl<S: SourceSide, K: SinkConnector> Clone for WasmcloudProvider<S, K> {
     fn clone(&self) -> Self {
         Self {
             engine: Arc::clone(&self.engine),
@@ -100,29 +129,33 @@ impl<S: SourceConnector, K: SinkConnector> Clone for WasmcloudProvider<S, K> {
     }
 }
 
+fn secrets(secrets: &HashMap<String, SecretValue>) -> HashMap<String, Secret> {
+    secrets
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                SecretValue::String(s) => Secret::new(s.as_bytes()),
+                SecretValue::Bytes(b) => Secret::new(b.clone()),
+            };
+            (k.clone(), value)
+        })
+        .collect()
+}
+
 fn link_spec(
     component: &str,
     name: &str,
     config: &HashMap<String, String>,
-    secrets: &HashMap<String, SecretValue>,
+    secrets_map: &HashMap<String, SecretValue>,
 ) -> LinkSpec {
     LinkSpec {
         key: LinkKey::new(component, name),
         config: config.clone(),
-        secrets: secrets
-            .iter()
-            .map(|(k, v)| {
-                let value = match v {
-                    SecretValue::String(s) => Secret::new(s.as_bytes()),
-                    SecretValue::Bytes(b) => Secret::new(b.clone()),
-                };
-                (k.clone(), value)
-            })
-            .collect(),
+        secrets: secrets(secrets_map),
     }
 }
 
-impl<S: SourceConnector, K: SinkConnector> Provider for WasmcloudProvider<S, K> {
+impl<S: SourceSide, K: SinkConnector> Provider for WasmcloudProvider<S, K> {
     async fn receive_link_config_as_source(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
         let spec = link_spec(link.target_id, link.link_name, link.config, link.secrets);
         let target = link.target_id.to_string();
@@ -175,7 +208,7 @@ impl<S: SourceConnector, K: SinkConnector> Provider for WasmcloudProvider<S, K> 
     }
 }
 
-impl<S: SourceConnector, K: SinkConnector> crate::bindings::exports::sluice::pipeline::sink::Handler<Option<Context>>
+impl<S: SourceSide, K: SinkConnector> crate::bindings::exports::sluice::pipeline::sink::Handler<Option<Context>>
     for WasmcloudProvider<S, K>
 {
     async fn write(&self, cx: Option<Context>, batch: Vec<Message>) -> anyhow::Result<Result<(), Failure>> {
