@@ -85,6 +85,11 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         }
     }
 
+    /// The provider's source side.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
     fn refuse(&self, role: Role, key: &LinkKey, reason: LinkErrorReason) -> LinkError {
         let err = LinkError {
             key: key.clone(),

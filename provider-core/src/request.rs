@@ -323,3 +323,286 @@ impl Slot {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::engine::Engine;
+    use crate::link::LinkSpec;
+    use crate::{Failure, Unsupported};
+
+    /// Answers each call with the next scripted answer (then accepts), or never answers.
+    #[derive(Default)]
+    struct Scripted {
+        answers: Mutex<Vec<Result<(), Failure>>>,
+        calls: std::sync::atomic::AtomicUsize,
+        hang: bool,
+    }
+
+    impl Ingest for Scripted {
+        async fn deliver(&self, _: &[Message]) -> Result<Result<(), Failure>, anyhow::Error> {
+            self.calls.fetch_add(1, Relaxed);
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            let mut answers = self.answers.lock().unwrap();
+            Ok(if answers.is_empty() { Ok(()) } else { answers.remove(0) })
+        }
+    }
+
+    fn settings(max_in_flight: usize, max_retries: Option<u32>) -> RunnerSettings {
+        RunnerSettings {
+            max_in_flight,
+            deliver_timeout: Duration::from_millis(200),
+            backoff: crate::backoff::Backoff {
+                initial: Duration::from_millis(10),
+                max: Duration::from_millis(20),
+            },
+            max_retries,
+            ..RunnerSettings::default()
+        }
+    }
+
+    fn delivery(ingest: Scripted, settings: RunnerSettings) -> (Delivery, Arc<Scripted>) {
+        let ingest = Arc::new(ingest);
+        let d = Delivery::new(
+            LinkKey::new("c", "default"),
+            Arc::clone(&ingest),
+            settings,
+            Arc::new(LinkMetrics::default()),
+        );
+        (d, ingest)
+    }
+
+    fn batch(n: usize) -> Vec<Message> {
+        (0..n).map(|i| Message::new(vec![b'x'], format!("t#{i}"))).collect()
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn delivered_and_rejected_are_counted() {
+        let script = Scripted {
+            answers: Mutex::new(vec![
+                Ok(()),
+                Err(Failure::Reject(vec![
+                    Rejected {
+                        index: 2,
+                        reason: "bad".into(),
+                    },
+                    Rejected {
+                        index: 9,
+                        reason: "outside".into(),
+                    },
+                    Rejected {
+                        index: 0,
+                        reason: "worse".into(),
+                    },
+                ])),
+            ]),
+            ..Scripted::default()
+        };
+        let (d, _) = delivery(script, settings(2, None));
+        let slot = d.try_reserve().unwrap();
+        assert_eq!(slot.deliver(batch(2), soon()).await, Outcome::Delivered);
+        let outcome = slot.deliver(batch(3), soon()).await;
+        assert_eq!(
+            outcome,
+            Outcome::Rejected(vec![
+                Rejected {
+                    index: 0,
+                    reason: "worse".into()
+                },
+                Rejected {
+                    index: 2,
+                    reason: "bad".into()
+                },
+            ])
+        );
+        let m = d.metrics().snapshot();
+        assert_eq!((m.polled, m.delivered, m.rejected, m.retried), (5, 3, 2, 0));
+    }
+
+    #[tokio::test]
+    async fn retries_within_max_retries_then_tells_the_caller_to_retry() {
+        let script = Scripted {
+            answers: Mutex::new(vec![Err(Failure::Retry("full".into())); 5]),
+            ..Scripted::default()
+        };
+        let (d, ingest) = delivery(script, settings(1, Some(2)));
+        let slot = d.try_reserve().unwrap();
+        match slot.deliver(batch(1), soon()).await {
+            Outcome::Retry { reason, retry_after } => {
+                assert!(reason.contains("full"), "{reason}");
+                assert!(retry_after >= Duration::from_millis(10), "{retry_after:?}");
+            }
+            other => panic!("expected retry, got {other:?}"),
+        }
+        assert_eq!(ingest.calls.load(Relaxed), 3);
+        assert_eq!(d.metrics().snapshot().retried, 2);
+        // Retries forever (no `max_retries`) until the answer is success.
+        let script = Scripted {
+            answers: Mutex::new(vec![Err(Failure::Retry("full".into())); 3]),
+            ..Scripted::default()
+        };
+        let (d, ingest) = delivery(script, settings(1, None));
+        assert_eq!(
+            d.try_reserve().unwrap().deliver(batch(1), soon()).await,
+            Outcome::Delivered
+        );
+        assert_eq!(ingest.calls.load(Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn the_deadline_bounds_a_stalled_component() {
+        let (d, _) = delivery(
+            Scripted {
+                hang: true,
+                ..Scripted::default()
+            },
+            settings(1, None),
+        );
+        let started = Instant::now();
+        let outcome = d
+            .try_reserve()
+            .unwrap()
+            .deliver(batch(1), started + Duration::from_millis(300))
+            .await;
+        assert!(
+            matches!(outcome, Outcome::Retry { ref reason, .. } if reason.contains("no answer")),
+            "{outcome:?}"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(280) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn slots_are_bounded_and_drained() {
+        let (d, _) = delivery(Scripted::default(), settings(2, None));
+        let a = d.try_reserve().unwrap();
+        let _b = d.try_reserve().unwrap();
+        assert!(d.try_reserve().is_none());
+        assert_eq!(d.in_flight(), 2);
+        assert_eq!(d.metrics().snapshot().busy, 1);
+        assert_eq!(d.metrics().snapshot().in_flight, 2);
+        assert!(!d.drain(Duration::from_millis(20)).await);
+        drop(a);
+        assert!(d.try_reserve().is_some());
+        drop(_b);
+        assert!(d.drain(Duration::from_millis(20)).await);
+        assert_eq!(d.metrics().snapshot().in_flight, 0);
+    }
+
+    /// A request source whose routes are names that must be unique.
+    #[derive(Default)]
+    struct Names {
+        taken: Mutex<HashMap<String, Delivery>>,
+        closed: std::sync::atomic::AtomicUsize,
+    }
+
+    impl RequestSource for Names {
+        type Config = String;
+        type Route = String;
+
+        fn runner_defaults(&self) -> RunnerSettings {
+            settings(3, Some(1))
+        }
+
+        fn parse_config(&self, config: &ConfigReader<'_>) -> Result<String, ConfigError> {
+            Ok(config.required_str("name")?.to_string())
+        }
+
+        fn attach(&self, link: &LinkKey, name: String, delivery: Delivery) -> Result<String, ConnectorError> {
+            let mut taken = self.taken.lock().unwrap();
+            if let Some(other) = taken.get(&name) {
+                return Err(ConnectorError::msg(format!("`{name}` is taken by {}", other.link())));
+            }
+            assert_eq!(delivery.link(), link);
+            taken.insert(name.clone(), delivery);
+            Ok(name)
+        }
+
+        fn detach(&self, name: String) {
+            self.taken.lock().unwrap().remove(&name);
+        }
+
+        async fn close(&self) {
+            self.closed.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn spec(component: &str, pairs: &[(&str, &str)]) -> LinkSpec {
+        LinkSpec::new(
+            LinkKey::new(component, "default"),
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        )
+    }
+
+    #[tokio::test]
+    async fn engine_runs_request_sources_with_their_defaults_and_refusals() {
+        let engine = Engine::new(Requests::new(Names::default()), Unsupported);
+        let ingest = || async { Ok(Scripted::default()) };
+        engine
+            .put_source_link(spec("a", &[("name", "x")]), |_| ingest())
+            .await
+            .unwrap();
+        let names = Arc::clone(engine_source(&engine));
+        let first = names.taken.lock().unwrap()["x"].clone();
+        assert_eq!(first.settings().max_in_flight, 3, "connector default");
+        assert_eq!(first.settings().max_retries, Some(1), "connector default");
+
+        let err = engine
+            .put_source_link(spec("b", &[("name", "x"), ("max_in_flight", "7")]), |_| ingest())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "refused source link `default` of component `b`: `x` is taken by link `default` of component `a`"
+        );
+        let status = engine.status();
+        assert_eq!(status.links.len(), 1);
+        assert_eq!(status.refused[0].component, "b");
+        assert!(names.taken.lock().unwrap()["x"].link().component == "a");
+
+        engine
+            .put_source_link(spec("b", &[("name", "y"), ("max_in_flight", "7")]), |_| ingest())
+            .await
+            .unwrap();
+        assert_eq!(names.taken.lock().unwrap()["y"].settings().max_in_flight, 7);
+        assert!(engine.status().refused.is_empty());
+
+        // Delete waits for the link's requests to finish.
+        let slot = first.try_reserve().unwrap();
+        let deleting = tokio::spawn({
+            let engine = Arc::new(engine);
+            let e = Arc::clone(&engine);
+            async move {
+                e.delete_source_link(&LinkKey::new("a", "default")).await;
+                e
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!deleting.is_finished(), "delete must wait for the request in flight");
+        assert!(
+            !names.taken.lock().unwrap().contains_key("x"),
+            "no new requests once deleting"
+        );
+        drop(slot);
+        let engine = deleting.await.unwrap();
+        engine.shutdown().await;
+        assert!(names.taken.lock().unwrap().is_empty());
+        assert_eq!(names.closed.load(Relaxed), 1);
+    }
+
+    fn engine_source<K: crate::SinkConnector>(engine: &Engine<Requests<Names>, K>) -> &Arc<Names> {
+        engine.source().source()
+    }
+}

@@ -163,12 +163,12 @@ impl<S: SourceSide, K: SinkConnector> Provider for WasmcloudProvider<S, K> {
             .put_source_link(spec, |settings| {
                 let (deadline, clients) = (settings.deliver_timeout, settings.max_in_flight);
                 async move {
-                    // One client per in-flight batch (see `WrpcIngest`).
-                    let mut pool = Vec::with_capacity(clients);
-                    for _ in 0..clients {
-                        pool.push(get_connection().get_wrpc_client_custom(&target, Some(deadline)).await?);
-                    }
-                    Ok(WrpcIngest::pooled(pool))
+                    // Up to one client per in-flight batch, made when needed (see `WrpcIngest`).
+                    let first = get_connection().get_wrpc_client_custom(&target, Some(deadline)).await?;
+                    Ok(WrpcIngest::growing(first, clients, move || {
+                        let target = target.clone();
+                        Box::pin(async move { get_connection().get_wrpc_client_custom(&target, Some(deadline)).await })
+                    }))
                 }
             })
             .await?;
