@@ -99,6 +99,10 @@ pub struct RouteConfig {
     pub max_body: u64,
     /// `body_timeout`: how long a client may take to send the body (default 10s); then 408.
     pub body_timeout: Duration,
+    /// `request_timeout`: how long a request may wait for the step, across retries, counted
+    /// from its arrival (default 10s); then 503. Each `deliver` call is bounded by the engine's
+    /// `deliver_timeout` as well.
+    pub request_timeout: Duration,
     /// `headers`: comma-separated request headers copied into each record (default
     /// `content-type`).
     pub headers: Vec<HeaderName>,
@@ -207,6 +211,7 @@ impl RouteConfig {
             token,
             max_body: config.size_or("max_body", 1 << 20)?,
             body_timeout: config.duration_or("body_timeout", Duration::from_secs(10))?,
+            request_timeout: config.duration_or("request_timeout", Duration::from_secs(10))?,
             headers,
             format,
             success,

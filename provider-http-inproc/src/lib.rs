@@ -69,12 +69,16 @@ impl RequestSource for HttpSource {
     type Config = RouteConfig;
     type Route = Arc<Route>;
 
-    /// A client is waiting: 10s to deliver (then 503), 32 requests in flight per route (then
-    /// 429), retries from 50ms up to 1s within those 10s.
+    /// A client is waiting: 32 requests in flight per route (then 429); each `deliver` call
+    /// bounded by 2s and retried from 50ms up to 1s apart, within the route's
+    /// `request_timeout` (then 503). A short per-call deadline matters on NATS, where
+    /// `wrpc-transport-nats` 0.29 now and then loses a reply under load (see
+    /// `sluice_provider_core::wrpc::WrpcIngest`): the call is retried instead of holding the
+    /// client for the whole request timeout.
     fn runner_defaults(&self) -> RunnerSettings {
         let mut settings = RunnerSettings {
             max_in_flight: 32,
-            deliver_timeout: std::time::Duration::from_secs(10),
+            deliver_timeout: std::time::Duration::from_secs(2),
             ..RunnerSettings::default()
         };
         settings.backoff.initial = std::time::Duration::from_millis(50);

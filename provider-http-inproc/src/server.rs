@@ -390,7 +390,7 @@ async fn serve(route: &Route, req: Request<Incoming>, id: &str, started: Instant
     if count == 0 {
         return respond(config.success, json!({ "accepted": 0, "request_id": id }));
     }
-    let deadline = started + route.delivery.settings().deliver_timeout;
+    let deadline = started + config.request_timeout;
     match slot.deliver(records, deadline).await {
         Outcome::Delivered => respond(config.success, json!({ "accepted": count, "request_id": id })),
         Outcome::Rejected(rejected) => respond(
