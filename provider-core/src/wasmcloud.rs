@@ -129,43 +129,12 @@ impl<S: SourceSide, K: SinkConnector> Clone for WasmcloudProvider<S, K> {
     }
 }
 
-/// The runtime (one thread of its own) on which the wRPC clients' reply demultiplexers run.
-///
-/// `wrpc-transport-nats` 0.29 spawns one task per client that hands replies to waiting calls;
-/// a call registers its reply subjects with that task just before it publishes, and the task
-/// drops a reply that it sees before the registration (it picks among ready inputs at random).
-/// On a busy runtime the task is often scheduled only after the reply is in, and the call then
-/// hangs until its deadline. On a thread of its own the task is idle and takes the registration
-/// at once, long before a reply can arrive.
-fn replies_runtime() -> &'static tokio::runtime::Handle {
-    static HANDLE: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("wrpc-replies".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("the wRPC replies runtime starts");
-                let _ = tx.send(runtime.handle().clone());
-                runtime.block_on(std::future::pending::<()>());
-            })
-            .expect("the wRPC replies thread starts");
-        rx.recv().expect("the wRPC replies runtime reports its handle")
-    })
-}
-
-/// A wRPC client calling `target` with `deadline`, its reply task on [`replies_runtime`].
+/// A wRPC client calling `target` with `deadline`.
 async fn ingest_client(
     target: &str,
     deadline: std::time::Duration,
 ) -> anyhow::Result<wasmcloud_provider_sdk::provider::WrpcClient> {
-    let target = target.to_string();
-    replies_runtime()
-        .spawn(async move { get_connection().get_wrpc_client_custom(&target, Some(deadline)).await })
-        .await
-        .context("the wRPC replies runtime stopped")?
+    get_connection().get_wrpc_client_custom(target, Some(deadline)).await
 }
 
 fn secrets(secrets: &HashMap<String, SecretValue>) -> HashMap<String, Secret> {

@@ -25,6 +25,9 @@ pub struct ServerConfig {
     /// `header_timeout`: how long a client may take to send a request's headers, and the TLS
     /// handshake (default 10s).
     pub header_timeout: Duration,
+    /// `http_threads`: worker threads serving connections, apart from the provider's own
+    /// (default: the number of CPUs).
+    pub http_threads: usize,
     /// `shutdown_timeout`: at shutdown, how long open connections may take to finish their
     /// current request once every link has drained (default 10s).
     pub shutdown_timeout: Duration,
@@ -69,6 +72,10 @@ impl ServerConfig {
             tls,
             max_connections: config.positive_or("max_connections", 10_000)?,
             header_timeout: config.duration_or("header_timeout", Duration::from_secs(10))?,
+            http_threads: config.positive_or(
+                "http_threads",
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            )?,
             shutdown_timeout: config.duration_or("shutdown_timeout", Duration::from_secs(10))?,
         })
     }

@@ -42,6 +42,9 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The server's runtime could not start.
+    #[error("cannot start the HTTP runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     /// The TLS files could not be used.
     #[error("cannot use `{key}` ({path}): {reason}")]
     Tls {
@@ -61,10 +64,26 @@ struct Shared {
 }
 
 /// The running listener.
+///
+/// Connections are served on a Tokio runtime of their own (`http_threads` workers), apart from
+/// the provider's runtime, where the lattice connection and the wRPC clients' reply tasks run.
+/// Under load those reply tasks then stay prompt: `wrpc-transport-nats` 0.29 drops a reply that
+/// its reply task sees before the call's registration (see
+/// `sluice_provider_core::wrpc::WrpcIngest`), which on one busy runtime happened to a few
+/// requests in a hundred.
 pub struct Server {
     local_addr: SocketAddr,
     stop: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for Server {
@@ -104,14 +123,21 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ServerError> {
 }
 
 impl Server {
-    /// Binds `config.address` and serves `router` until [`Server::shutdown`]. Must run inside
-    /// a Tokio runtime.
+    /// Binds `config.address` and serves `router` until [`Server::shutdown`], on a runtime of
+    /// its own.
     pub fn start(config: &ServerConfig, router: Arc<Router>) -> Result<Self, ServerError> {
         let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
         let bind_err = |source| ServerError::Bind {
             address: config.address,
             source,
         };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.http_threads)
+            .thread_name("http")
+            .enable_all()
+            .build()
+            .map_err(ServerError::Runtime)?;
+        let _entered = runtime.enter();
         let std_listener = std::net::TcpListener::bind(config.address).map_err(bind_err)?;
         std_listener.set_nonblocking(true).map_err(bind_err)?;
         let listener = TcpListener::from_std(std_listener).map_err(bind_err)?;
@@ -121,12 +147,14 @@ impl Server {
             router,
             unrouted: RequestMetrics::default(),
         });
-        let task = tokio::spawn(accept_loop(listener, tls, config.clone(), shared, stop.clone()));
+        let task = runtime.spawn(accept_loop(listener, tls, config.clone(), shared, stop.clone()));
+        drop(_entered);
         info!(%local_addr, tls = config.tls.is_some(), "listening");
         Ok(Self {
             local_addr,
             stop,
             task: Mutex::new(Some(task)),
+            runtime: Some(runtime),
         })
     }
 
