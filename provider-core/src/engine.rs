@@ -15,7 +15,7 @@ use crate::config::ConfigReader;
 use crate::link::{LinkError, LinkErrorReason, LinkKey, LinkSpec, Role};
 use crate::metrics::{LinkMetrics, MetricsSnapshot};
 use crate::sink::{SinkConnector, SinkLink, SinkSettings};
-use crate::source::{Ingest, RunnerSettings, SourceSide};
+use crate::source::{Ingest, LinkStart, RunnerSettings, SourceSide};
 use crate::{Failure, Message};
 
 struct SourceLink {
@@ -141,12 +141,14 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         let serve = self
             .source
             .start(
-                key.clone(),
                 config,
-                Arc::new(ingest),
-                settings,
-                Arc::clone(&metrics),
-                stop.clone(),
+                LinkStart {
+                    link: key.clone(),
+                    ingest: Arc::new(ingest),
+                    settings,
+                    metrics: Arc::clone(&metrics),
+                    stop: stop.clone(),
+                },
             )
             .await
             .map_err(|reason| self.refuse(Role::Source, &key, reason))?;

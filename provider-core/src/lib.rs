@@ -40,7 +40,7 @@ pub use engine::{Engine, Status};
 pub use link::{LinkError, LinkKey, LinkSpec, Role};
 pub use request::{Delivery, Outcome, RequestSource, Requests, Slot};
 pub use sink::{SinkConnector, SinkWriter};
-pub use source::{Ingest, Record, RunnerSettings, SourceConnector, SourceReader, SourceSide};
+pub use source::{Ingest, LinkStart, Record, RunnerSettings, SourceConnector, SourceReader, SourceSide};
 
 /// The pipeline WIT this crate was built from, for tools that check or render it.
 pub const PIPELINE_WIT: &str = include_str!("../../wit/pipeline.wit");

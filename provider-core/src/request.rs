@@ -16,13 +16,12 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument as _};
 
 use crate::config::{ConfigError, ConfigReader};
 use crate::link::{LinkErrorReason, LinkKey};
 use crate::metrics::LinkMetrics;
-use crate::source::{attempt, Attempt, Ingest, RunnerSettings, SourceSide};
+use crate::source::{attempt, Attempt, Ingest, LinkStart, RunnerSettings, SourceSide};
 use crate::{ConnectorError, Message, Rejected};
 
 /// A source whose records arrive with a caller waiting for the answer.
@@ -87,12 +86,14 @@ impl<R: RequestSource> SourceSide for Requests<R> {
 
     async fn start<I: Ingest>(
         &self,
-        link: LinkKey,
         config: Self::Config,
-        ingest: Arc<I>,
-        settings: RunnerSettings,
-        metrics: Arc<LinkMetrics>,
-        stop: CancellationToken,
+        LinkStart {
+            link,
+            ingest,
+            settings,
+            metrics,
+            stop,
+        }: LinkStart<I>,
     ) -> Result<BoxFuture<'static, ()>, LinkErrorReason> {
         let delivery = Delivery::new(link.clone(), ingest, settings, metrics);
         let route = self

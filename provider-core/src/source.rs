@@ -499,6 +499,21 @@ async fn deliver_batch<I: Ingest>(
     }
 }
 
+/// What the engine gives a source link it starts.
+#[derive(Debug)]
+pub struct LinkStart<I> {
+    /// The link.
+    pub link: LinkKey,
+    /// The way to the linked component.
+    pub ingest: Arc<I>,
+    /// The link's engine settings.
+    pub settings: RunnerSettings,
+    /// The link's counters (in the status reply).
+    pub metrics: Arc<LinkMetrics>,
+    /// Cancelled when the link is deleted or the provider stops.
+    pub stop: CancellationToken,
+}
+
 /// The source side of a provider as the engine runs it: every [`SourceConnector`] (its links are
 /// read by the polling [runner](run_source)) and every request-driven source wrapped in
 /// [`crate::request::Requests`] (its links are driven by callers waiting for the answer).
@@ -519,17 +534,13 @@ pub trait SourceSide: Send + Sync + 'static {
     /// Parses a link's config. Keys the engine itself reads are already taken.
     fn parse_config(&self, config: &ConfigReader<'_>) -> Result<Self::Config, ConfigError>;
 
-    /// Opens a link and returns what serves it: a future that runs until `stop` is cancelled,
-    /// then drains the link (within `settings.drain_timeout`) and returns. An error refuses the
-    /// link.
+    /// Opens a link and returns what serves it: a future that runs until `link.stop` is
+    /// cancelled, then drains the link (within `settings.drain_timeout`) and returns. An error
+    /// refuses the link.
     fn start<I: Ingest>(
         &self,
-        link: LinkKey,
         config: Self::Config,
-        ingest: Arc<I>,
-        settings: RunnerSettings,
-        metrics: Arc<LinkMetrics>,
-        stop: CancellationToken,
+        link: LinkStart<I>,
     ) -> impl Future<Output = Result<futures::future::BoxFuture<'static, ()>, LinkErrorReason>> + Send;
 
     /// Called when the provider stops, after every link has stopped (possibly more than once).
@@ -548,14 +559,12 @@ impl<S: SourceConnector> SourceSide for S {
 
     async fn start<I: Ingest>(
         &self,
-        link: LinkKey,
         config: Self::Config,
-        ingest: Arc<I>,
-        settings: RunnerSettings,
-        metrics: Arc<LinkMetrics>,
-        stop: CancellationToken,
+        l: LinkStart<I>,
     ) -> Result<futures::future::BoxFuture<'static, ()>, LinkErrorReason> {
-        let reader = self.open(&link, config).await.map_err(LinkErrorReason::Open)?;
-        Ok(Box::pin(run_source(link, reader, ingest, settings, metrics, stop)))
+        let reader = self.open(&l.link, config).await.map_err(LinkErrorReason::Open)?;
+        Ok(Box::pin(run_source(
+            l.link, reader, l.ingest, l.settings, l.metrics, l.stop,
+        )))
     }
 }
