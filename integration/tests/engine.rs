@@ -407,3 +407,33 @@ async fn deleting_a_link_drains_and_acks_in_flight_work() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(component.call_count(), calls, "nothing delivered after delete");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_growing_wrpc_pool_adds_clients_only_for_concurrent_calls() {
+    use sluice_provider_core::Ingest as _;
+
+    let s = Setup::new().await;
+    let component = s.component("step-pool").await;
+    component.behave(|_| Reply::AcceptAfter(Duration::from_millis(300)));
+    let made = std::sync::Arc::new(AtomicU32::new(0));
+    let client = || wrpc_transport_nats::Client::new(s.client.clone(), format!("{LATTICE}.step-pool"), None);
+    let ingest = WrpcIngest::growing(client().await.unwrap(), 3, {
+        let (nats, made) = (s.client.clone(), std::sync::Arc::clone(&made));
+        move || {
+            made.fetch_add(1, SeqCst);
+            let nats = nats.clone();
+            Box::pin(async move { wrpc_transport_nats::Client::new(nats, format!("{LATTICE}.step-pool"), None).await })
+        }
+    });
+    // One call at a time: the first client serves them all.
+    for i in 0..3 {
+        assert_eq!(ingest.deliver(&records("seq", 1)).await.unwrap(), Ok(()), "call {i}");
+    }
+    assert_eq!((ingest.clients(), made.load(SeqCst)), (1, 0));
+    // Five at once: the pool grows to its maximum of three; the others share.
+    let batch = records("par", 1);
+    let calls = futures::future::join_all((0..5).map(|_| ingest.deliver(&batch))).await;
+    assert!(calls.iter().all(|c| matches!(c, Ok(Ok(())))), "{calls:?}");
+    assert_eq!((ingest.clients(), made.load(SeqCst)), (3, 2));
+    assert_eq!(component.accepted().len(), 8);
+}
