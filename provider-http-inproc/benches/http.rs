@@ -4,7 +4,8 @@
 //! provider's RSS; asserts nothing.
 //!
 //! `cargo bench -p sluice-provider-http-inproc --bench http`
-//! (`BENCH_SECONDS`, `BENCH_CONNECTIONS` change the run's length and wrk's connections.)
+//! (`BENCH_SECONDS`, `BENCH_CONNECTIONS` and `BENCH_HTTP_THREADS` change the run's length, wrk's
+//! connections and the provider's `http_threads`.)
 
 use std::convert::Infallible;
 use std::process::Command;
@@ -95,6 +96,17 @@ async fn plain_server() -> u16 {
     port
 }
 
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are 14th and 15th.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+    ticks / 100.0
+}
+
 fn fmt_rate(r: f64) -> String {
     let whole = r.round() as u64;
     let s = whole.to_string();
@@ -146,11 +158,16 @@ async fn main() -> anyhow::Result<()> {
     let lattice = nats.connect().await?;
     let port = free_port();
     let address = format!("127.0.0.1:{port}");
+    let mut config = vec![("address", address.clone())];
+    if let Ok(threads) = std::env::var("BENCH_HTTP_THREADS") {
+        config.push(("http_threads", threads));
+    }
+    let config: Vec<(&str, &str)> = config.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut provider = HostedProvider::start(
         &nats,
         env!("CARGO_BIN_EXE_sluice-provider-http-inproc"),
         PROVIDER,
-        &[("address", &address)],
+        &config,
     )
     .await?;
     let mut steps = Vec::with_capacity(ROUTES);
@@ -166,7 +183,13 @@ async fn main() -> anyhow::Result<()> {
     let url = format!("http://127.0.0.1:{port}");
     wrk(&url, &script, 2, connections);
     let before: usize = steps.iter().map(FakeComponent::accepted_count).sum();
+    let provider_pid = provider.pid().map(|p| p.to_string()).unwrap_or_default();
+    let cpu_before = (cpu_seconds(&provider_pid), cpu_seconds("self"));
     let through = wrk(&url, &script, seconds, connections);
+    let cpu = (
+        cpu_seconds(&provider_pid) - cpu_before.0,
+        cpu_seconds("self") - cpu_before.1,
+    );
     let delivered: usize = steps.iter().map(FakeComponent::accepted_count).sum::<usize>() - before;
     let rss = provider.rss_kib().unwrap_or(0);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -200,6 +223,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "records accepted by the components during the run: {delivered}; provider RSS {:.1} MiB",
         rss as f64 / 1024.0
+    );
+    println!(
+        "CPU during the provider run: provider {:.1} s, components + bench process {:.1} s, over {seconds} s",
+        cpu.0, cpu.1
     );
     let status = provider.status().await?;
     let retried: u64 = status.links.iter().map(|l| l.metrics.retried).sum();
