@@ -1,0 +1,78 @@
+//! `sluice compose`: check a logic component's imports and compose it into a step.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use sluice_cli::compose::{compose, ComposeOptions, DenyMode};
+use sluice_cli::limits::Limits;
+use sluice_cli::policy::{Policy, Rule};
+
+/// Arguments of `sluice compose`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The customer's logic: a component exporting `sluice:pipeline/transform` (or a core module
+    /// built with wit-bindgen).
+    #[arg(long)]
+    logic: PathBuf,
+    /// Where to write the composed step.
+    #[arg(short, long, default_value = "step.wasm")]
+    output: PathBuf,
+    /// What to do with imports the policy forbids: refuse the logic, or satisfy them with stubs
+    /// whose every function traps.
+    #[arg(long, value_enum, default_value_t = Deny::Refuse)]
+    deny: Deny,
+    /// Also allow this package (`wasi:cli`) or interface (`wasi:cli/stdout`); repeatable. The
+    /// default policy allows wasi:logging, wasi:clocks, wasi:random and wasi:io/poll.
+    #[arg(long = "allow", value_name = "RULE")]
+    allow: Vec<Rule>,
+    /// Allow only the `--allow` rules, not the default ones.
+    #[arg(long)]
+    no_default_allow: bool,
+    /// The most records one write of this step may carry (enforced by the trusted out component).
+    #[arg(long, default_value_t = Limits::default().max_records)]
+    max_records: u32,
+    /// The most bytes (payload, key, headers, origin) one write of this step may carry.
+    #[arg(long, default_value_t = Limits::default().max_bytes)]
+    max_bytes: u64,
+}
+
+/// How forbidden imports are handled.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Deny {
+    Refuse,
+    Trap,
+}
+
+/// Runs `sluice compose`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let logic = std::fs::read(&args.logic).with_context(|| format!("reading {}", args.logic.display()))?;
+    let options = ComposeOptions {
+        policy: if args.no_default_allow {
+            Policy::new(args.allow)
+        } else {
+            Policy::default_and(args.allow)
+        },
+        deny: match args.deny {
+            Deny::Refuse => DenyMode::Refuse,
+            Deny::Trap => DenyMode::Trap,
+        },
+        limits: Limits {
+            max_records: args.max_records,
+            max_bytes: args.max_bytes,
+        },
+    };
+    let composed = compose(&logic, &options)?;
+    std::fs::write(&args.output, &composed.bytes).with_context(|| format!("writing {}", args.output.display()))?;
+    for import in &composed.stubbed {
+        eprintln!("stubbed (traps when called): {import}");
+    }
+    let instances = sluice_cli::component::core_instantiations(&composed.bytes)?;
+    eprintln!(
+        "wrote {} ({} bytes, {instances} core instances; output limits: {})",
+        args.output.display(),
+        composed.bytes.len(),
+        options.limits
+    );
+    println!("{}", composed.world);
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! The trusted `in` component of a pipeline step.
+//!
+//! It exports `sluice:pipeline/ingest`: a source provider hands it a batch, it asks the customer's
+//! logic (`transform.process`) for the records to write, forwards them to `sink.write` (the trusted
+//! `out` component, which enforces the step's output limits before the real sink), maps every
+//! failure onto the indices of the batch it was given, and logs one line per batch.
+//!
+//! Failure mapping:
+//! - the logic answers `retry`: the batch is offered again (`retry`), nothing was written;
+//! - the logic answers `reject(list)`: the logic is asked again with the records it did not reject
+//!   (repeatedly, each round removing at least one record), their output is written, and the
+//!   listed records come back as `reject` with the logic's reasons, so the source dead-letters them
+//!   and acknowledges the rest;
+//! - the logic answers `reject` naming a record that is not in the batch (or no record): every
+//!   record is rejected with that explanation: the logic is broken and retrying cannot help;
+//! - the sink answers `retry`: `retry` (the source offers the batch again; records already written
+//!   by an earlier attempt may be written twice: at-least-once);
+//! - the sink answers `reject` (including the `out` component's limit refusal): output records
+//!   cannot be traced back to input records after a transform, so every input record is rejected
+//!   with the sink's first reason: nothing is acknowledged that was not written.
+//!
+//! A trap in the logic traps the whole step instance: the host sees the error at the `deliver`
+//! boundary and drops the instance.
+
+#[path = "../../shared/reject.rs"]
+mod reject;
+
+mod bindings {
+    wit_bindgen::generate!({
+        world: "sluice:harness/in-component",
+        path: "../wit",
+        generate_all,
+    });
+}
+
+use bindings::exports::sluice::pipeline::ingest::Guest;
+use bindings::sluice::pipeline::types::{Failure, Message, Rejected};
+use bindings::sluice::pipeline::{sink, transform};
+use bindings::wasi::clocks::monotonic_clock;
+use bindings::wasi::logging::logging::{log, Level};
+use reject::reject_all;
+
+/// The `context` of every log line this component emits.
+const LOG_CONTEXT: &str = "sluice-step";
+
+struct In;
+
+impl Guest for In {
+    fn deliver(batch: Vec<Message>) -> Result<(), Failure> {
+        let started = monotonic_clock::now();
+        let records_in = batch.len();
+        let (outcome, records_out) = deliver(batch);
+        let micros = monotonic_clock::now().saturating_sub(started) / 1_000;
+        let (level, what) = match &outcome {
+            Ok(()) => (Level::Info, "ok".to_string()),
+            Err(Failure::Retry(reason)) => (Level::Warn, format!("retry: {reason}")),
+            Err(Failure::Reject(rejected)) => (
+                Level::Warn,
+                format!(
+                    "rejected {} record(s), first: {}",
+                    rejected.len(),
+                    rejected.first().map(|r| r.reason.as_str()).unwrap_or("")
+                ),
+            ),
+        };
+        log(
+            level,
+            LOG_CONTEXT,
+            &format!("batch: {records_in} in, {records_out} out, {micros} us, {what}"),
+        );
+        outcome
+    }
+}
+
+/// Runs one batch through the logic and the sink; also returns how many records were written.
+fn deliver(batch: Vec<Message>) -> (Result<(), Failure>, usize) {
+    let (output, rejected) = match transform_with_rejects(&batch) {
+        Ok(done) => done,
+        Err(failure) => return (Err(failure), 0),
+    };
+    let written = output.len();
+    if !output.is_empty() {
+        match sink::write(&output) {
+            Ok(()) => {}
+            Err(Failure::Retry(reason)) => return (Err(Failure::Retry(reason)), 0),
+            Err(Failure::Reject(list)) => {
+                let reason = format!(
+                    "the sink refused {} of {} output record(s): {}",
+                    list.len(),
+                    written,
+                    list.first().map(|r| r.reason.as_str()).unwrap_or("no reason given")
+                );
+                return (Err(reject_all(batch.len(), &reason)), 0);
+            }
+        }
+    }
+    if rejected.is_empty() {
+        (Ok(()), written)
+    } else {
+        (Err(Failure::Reject(rejected)), written)
+    }
+}
+
+/// Asks the logic for the output of `batch`; when it rejects records, asks again without them.
+///
+/// Returns the output of the records the logic accepted and the rejected records with indices
+/// into `batch`.
+fn transform_with_rejects(batch: &[Message]) -> Result<(Vec<Message>, Vec<Rejected>), Failure> {
+    // `remaining[i]` is the index in `batch` of the i-th record offered in this round.
+    let mut remaining: Vec<u32> = (0..batch.len() as u32).collect();
+    let mut rejected: Vec<Rejected> = Vec::new();
+    let mut offered: Vec<Message> = batch.to_vec();
+    loop {
+        match transform::process(&offered) {
+            Ok(output) => {
+                rejected.sort_by_key(|r| r.index);
+                return Ok((output, rejected));
+            }
+            Err(Failure::Retry(reason)) => return Err(Failure::Retry(reason)),
+            Err(Failure::Reject(list)) => {
+                let mut drop = vec![false; remaining.len()];
+                for r in &list {
+                    match drop.get_mut(r.index as usize) {
+                        Some(slot) if !*slot => *slot = true,
+                        _ => {
+                            return Err(reject_all(
+                                batch.len(),
+                                &format!(
+                                    "the logic rejected record {} of a batch of {} (or twice)",
+                                    r.index,
+                                    offered.len()
+                                ),
+                            ))
+                        }
+                    }
+                }
+                if list.is_empty() {
+                    return Err(reject_all(
+                        batch.len(),
+                        "the logic answered `reject` without naming a record",
+                    ));
+                }
+                rejected.extend(list.into_iter().map(|r| Rejected {
+                    index: remaining[r.index as usize],
+                    reason: r.reason,
+                }));
+                let mut keep = drop.iter().map(|d| !d);
+                remaining.retain(|_| keep.next().unwrap_or(false));
+                let mut keep = drop.iter().map(|d| !d);
+                offered.retain(|_| keep.next().unwrap_or(false));
+                if offered.is_empty() {
+                    rejected.sort_by_key(|r| r.index);
+                    return Ok((Vec::new(), rejected));
+                }
+            }
+        }
+    }
+}
+
+bindings::export!(In with_types_in bindings);
