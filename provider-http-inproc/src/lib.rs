@@ -71,10 +71,8 @@ impl RequestSource for HttpSource {
 
     /// A client is waiting: 32 requests in flight per route (then 429); each `deliver` call
     /// bounded by 2s and retried from 50ms up to 1s apart, within the route's
-    /// `request_timeout` (then 503). A short per-call deadline matters on NATS, where
-    /// `wrpc-transport-nats` 0.29 now and then loses a reply under load (see
-    /// `sluice_provider_core::wrpc::WrpcIngest`): the call is retried instead of holding the
-    /// client for the whole request timeout.
+    /// `request_timeout` (then 503). A short per-call deadline means a step that stalls one
+    /// call is asked again instead of holding the client for the whole request timeout.
     fn runner_defaults(&self) -> RunnerSettings {
         let mut settings = RunnerSettings {
             max_in_flight: 32,

@@ -66,11 +66,8 @@ struct Shared {
 /// The running listener.
 ///
 /// Connections are served on a Tokio runtime of their own (`http_threads` workers), apart from
-/// the provider's runtime, where the lattice connection and the wRPC clients' reply tasks run.
-/// Under load those reply tasks then stay prompt: `wrpc-transport-nats` 0.29 drops a reply that
-/// its reply task sees before the call's registration (see
-/// `sluice_provider_core::wrpc::WrpcIngest`), which on one busy runtime happened to a few
-/// requests in a hundred.
+/// the provider's runtime, where the lattice connection and the wRPC reply routing run, so a
+/// flood of connections does not delay the answers every request waits for.
 pub struct Server {
     local_addr: SocketAddr,
     stop: CancellationToken,
