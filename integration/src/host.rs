@@ -354,6 +354,48 @@ impl HostedProvider {
         Ok(())
     }
 
+    /// Puts many links at once, as a host does when a manifest with many links is deployed,
+    /// and waits until the provider has taken or refused every one of them.
+    pub async fn put_links(&mut self, links: Vec<Link>) -> anyhow::Result<()> {
+        let subject = format!(
+            "wasmbus.rpc.{}.{}.linkdefs.put",
+            self.lattice,
+            self.provider_xkey.public_key()
+        );
+        for link in &links {
+            let body = serde_json::to_vec(&link.to_json(&self.host_xkey, &self.provider_xkey)?)?;
+            self.nats.publish(subject.clone(), body.into()).await?;
+        }
+        self.nats.flush().await?;
+        let ends: Vec<(&str, String, String)> = links
+            .iter()
+            .map(|l| {
+                let (role, component, name) = self.component_end(l);
+                (role, component.to_string(), name.to_string())
+            })
+            .collect();
+        self.wait_status(Duration::from_secs(120), |s| {
+            let seen: std::collections::HashSet<(&str, &str, &str)> = s
+                .links
+                .iter()
+                .map(|l| (l.role.as_str(), l.component.as_str(), l.name.as_str()))
+                .chain(
+                    s.refused
+                        .iter()
+                        .map(|r| (r.role.as_str(), r.component.as_str(), r.name.as_str())),
+                )
+                .collect();
+            ends.iter()
+                .all(|(r, c, n)| seen.contains(&(*r, c.as_str(), n.as_str())))
+        })
+        .await?;
+        for link in links {
+            self.links.retain(|l| !l.same_link(&link));
+            self.links.push(link);
+        }
+        Ok(())
+    }
+
     /// The provider's role in `link`, and the component and name that identify it.
     fn component_end<'a>(&self, link: &'a Link) -> (&'static str, &'a str, &'a str) {
         if link.source_id == self.provider_key {

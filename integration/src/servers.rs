@@ -256,8 +256,9 @@ impl Mosquitto {
     }
 }
 
-/// A CA and a server certificate for `localhost`/`127.0.0.1` signed by it (`CA:FALSE`).
-fn make_certificates(dir: &Path) -> anyhow::Result<()> {
+/// Writes a CA (`ca.pem`, `ca.key`) and a server certificate for `localhost`/`127.0.0.1` signed by
+/// it (`server.pem`, `server.key`, `CA:FALSE`) into `dir`, with openssl.
+pub fn make_certificates(dir: &Path) -> anyhow::Result<()> {
     let run = |args: &[&str]| -> anyhow::Result<()> {
         let status = Command::new("openssl")
             .args(args)

@@ -225,6 +225,34 @@ impl<'a> ConfigReader<'a> {
     }
 }
 
+/// The provider's own config: the string map and secrets the host gives the provider at start
+/// (HostData `config` and `secrets`, e.g. from `wash start provider --config` or a wadm
+/// manifest's provider `config`), as opposed to a link's.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderConfig {
+    /// Config values.
+    pub values: HashMap<String, String>,
+    /// Secrets, already decrypted.
+    pub secrets: HashMap<String, Secret>,
+}
+
+impl ProviderConfig {
+    /// Config from values, with no secrets.
+    #[must_use]
+    pub fn new(values: HashMap<String, String>) -> Self {
+        Self {
+            values,
+            secrets: HashMap::new(),
+        }
+    }
+
+    /// A reader over the values and secrets.
+    #[must_use]
+    pub fn reader(&self) -> ConfigReader<'_> {
+        ConfigReader::new(&self.values, &self.secrets)
+    }
+}
+
 /// Parses `250ms`, `5s`, `1.5s`, `2m`, `1h` or `100us` into a [`Duration`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();

@@ -15,7 +15,7 @@ use crate::config::ConfigReader;
 use crate::link::{LinkError, LinkErrorReason, LinkKey, LinkSpec, Role};
 use crate::metrics::{LinkMetrics, MetricsSnapshot};
 use crate::sink::{SinkConnector, SinkLink, SinkSettings};
-use crate::source::{run_source, Ingest, RunnerSettings, SourceConnector};
+use crate::source::{Ingest, LinkStart, RunnerSettings, SourceSide};
 use crate::{Failure, Message};
 
 struct SourceLink {
@@ -25,11 +25,12 @@ struct SourceLink {
 }
 
 /// The delivery engine of one provider: its source links (each a running
-/// [runner](crate::source::run_source)), its sink links, and the links it refused.
+/// [runner](crate::source::run_source), or a [request-driven](crate::request) link), its sink
+/// links, and the links it refused.
 ///
 /// It knows nothing of wasmCloud: [`crate::wasmcloud`] feeds it links and calls, and a 2.x host
 /// plugin or a standalone wRPC service could do the same.
-pub struct Engine<S: SourceConnector, K: SinkConnector> {
+pub struct Engine<S: SourceSide, K: SinkConnector> {
     source: S,
     sink: K,
     sources: Mutex<HashMap<LinkKey, SourceLink>>,
@@ -72,7 +73,7 @@ pub struct Status {
     pub refused: Vec<RefusedLink>,
 }
 
-impl<S: SourceConnector, K: SinkConnector> Engine<S, K> {
+impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
     /// An engine with no links, for a provider made of `source` and `sink`.
     pub fn new(source: S, sink: K) -> Self {
         Self {
@@ -82,6 +83,11 @@ impl<S: SourceConnector, K: SinkConnector> Engine<S, K> {
             sinks: RwLock::default(),
             refused: Mutex::default(),
         }
+    }
+
+    /// The provider's source side.
+    pub fn source(&self) -> &S {
+        &self.source
     }
 
     fn refuse(&self, role: Role, key: &LinkKey, reason: LinkErrorReason) -> LinkError {
@@ -115,19 +121,14 @@ impl<S: SourceConnector, K: SinkConnector> Engine<S, K> {
             return Err(self.refuse(Role::Source, &key, LinkErrorReason::Unsupported(Role::Source)));
         }
         let reader_config = ConfigReader::new(&spec.config, &spec.secrets);
-        let settings =
-            RunnerSettings::from_config(&reader_config).map_err(|e| self.refuse(Role::Source, &key, e.into()))?;
+        let settings = RunnerSettings::from_config_or(&reader_config, &self.source.runner_defaults())
+            .map_err(|e| self.refuse(Role::Source, &key, e.into()))?;
         let config = self
             .source
             .parse_config(&reader_config)
             .map_err(|e| self.refuse(Role::Source, &key, e.into()))?;
         Self::warn_unread(Role::Source, &key, &reader_config);
         self.delete_source_link(&key).await;
-        let reader = self
-            .source
-            .open(&key, config)
-            .await
-            .map_err(|e| self.refuse(Role::Source, &key, LinkErrorReason::Open(e)))?;
         let ingest = make_ingest(&settings).await.map_err(|e| {
             self.refuse(
                 Role::Source,
@@ -137,14 +138,21 @@ impl<S: SourceConnector, K: SinkConnector> Engine<S, K> {
         })?;
         let metrics = Arc::new(LinkMetrics::default());
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run_source(
-            key.clone(),
-            reader,
-            Arc::new(ingest),
-            settings,
-            Arc::clone(&metrics),
-            stop.clone(),
-        ));
+        let serve = self
+            .source
+            .start(
+                config,
+                LinkStart {
+                    link: key.clone(),
+                    ingest: Arc::new(ingest),
+                    settings,
+                    metrics: Arc::clone(&metrics),
+                    stop: stop.clone(),
+                },
+            )
+            .await
+            .map_err(|reason| self.refuse(Role::Source, &key, reason))?;
+        let task = tokio::spawn(serve);
         lock(&self.refused).remove(&(Role::Source, key.clone()));
         lock(&self.sources).insert(key.clone(), SourceLink { stop, task, metrics });
         info!(component = %key.component, link = %key.name, "source link started");
@@ -239,6 +247,7 @@ impl<S: SourceConnector, K: SinkConnector> Engine<S, K> {
         let sinks: Vec<LinkKey> = read_lock(&self.sinks).keys().cloned().collect();
         futures::future::join_all(sources.iter().map(|k| self.delete_source_link(k))).await;
         futures::future::join_all(sinks.iter().map(|k| self.delete_sink_link(k))).await;
+        self.source.close().await;
     }
 
     /// Live links with their counters, and refused links with their errors.

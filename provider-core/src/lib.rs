@@ -5,8 +5,9 @@
 //! retries with backoff, acknowledgement in read order, dead letters, per-link sink routing and
 //! concurrency limits, typed config, counters, and shutdown.
 //!
-//! Connectors implement [`SourceConnector`] + [`SourceReader`] and/or [`SinkConnector`] +
-//! [`SinkWriter`]; none of these mention wasmCloud. Only [`wasmcloud`] (used by a provider's
+//! Connectors implement [`SourceConnector`] + [`SourceReader`] (a source the engine polls), or
+//! [`RequestSource`] (a source whose callers wait for the answer, such as HTTP), and/or
+//! [`SinkConnector`] + [`SinkWriter`]; none of these mention wasmCloud. Only [`wasmcloud`] (used by a provider's
 //! `main.rs`) does, so a connector can later sit behind a wasmCloud 2.x host plugin or a
 //! standalone wRPC service unchanged.
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod engine;
 pub mod link;
 pub mod metrics;
+pub mod request;
 pub mod sink;
 pub mod source;
 #[cfg(feature = "testing")]
@@ -33,11 +35,12 @@ pub mod bindings {
 }
 
 pub use bindings::sluice::pipeline::types::{Failure, Message, Rejected};
-pub use config::{ConfigError, ConfigReader, Secret};
+pub use config::{ConfigError, ConfigReader, ProviderConfig, Secret};
 pub use engine::{Engine, Status};
 pub use link::{LinkError, LinkKey, LinkSpec, Role};
+pub use request::{Delivery, Outcome, RequestSource, Requests, Slot};
 pub use sink::{SinkConnector, SinkWriter};
-pub use source::{Ingest, Record, RunnerSettings, SourceConnector, SourceReader};
+pub use source::{Ingest, LinkStart, Record, RunnerSettings, SourceConnector, SourceReader, SourceSide};
 
 /// The pipeline WIT this crate was built from, for tools that check or render it.
 pub const PIPELINE_WIT: &str = include_str!("../../wit/pipeline.wit");

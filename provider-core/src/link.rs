@@ -97,6 +97,10 @@ pub enum LinkErrorReason {
     /// The connector could not reach or set up its system.
     #[error("could not open the connection: {0}")]
     Open(#[source] ConnectorError),
+    /// The connector refused the link (e.g. its HTTP route is already another link's); the
+    /// message says why.
+    #[error("{0}")]
+    Connector(#[source] ConnectorError),
     /// This provider has no such role (e.g. a source-only provider linked as a sink).
     #[error("this provider cannot act as a {0}")]
     Unsupported(Role),

@@ -38,7 +38,8 @@ pub struct MetricsSnapshot {
     pub written: u64,
     /// Sink batches that failed (answered `retry` or `reject`).
     pub write_failures: u64,
-    /// Sink calls answered `retry` because the link was at its concurrency limit.
+    /// Sink calls answered `retry`, or requests answered "busy", because the link was at its
+    /// concurrency limit.
     pub busy: u64,
     /// Batches being delivered or written right now.
     pub in_flight: u64,

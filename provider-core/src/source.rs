@@ -14,7 +14,7 @@ use tracing::{debug, error, info_span, warn, Instrument as _};
 
 use crate::backoff::Backoff;
 use crate::config::{ConfigError, ConfigReader};
-use crate::link::LinkKey;
+use crate::link::{LinkErrorReason, LinkKey};
 use crate::metrics::{InFlight, LinkMetrics};
 use crate::{ConnectorError, Failure, Message};
 
@@ -149,9 +149,16 @@ impl Default for RunnerSettings {
 }
 
 impl RunnerSettings {
-    /// Reads the engine's keys from a link's config.
+    /// Reads the engine's keys from a link's config, with the engine's defaults.
     pub fn from_config(config: &ConfigReader<'_>) -> Result<Self, ConfigError> {
-        let d = Self::default();
+        Self::from_config_or(config, &Self::default())
+    }
+
+    /// Reads the engine's keys from a link's config; absent keys take their value from
+    /// `defaults` (a connector's own defaults, e.g. a shorter `deliver_timeout` for requests
+    /// a client is waiting on).
+    pub fn from_config_or(config: &ConfigReader<'_>, defaults: &Self) -> Result<Self, ConfigError> {
+        let d = defaults;
         let max_retries = config.parse::<u32>("max_retries", "a whole number")?;
         Ok(Self {
             max_batch_records: config.positive_or("max_batch_records", d.max_batch_records)?,
@@ -163,7 +170,11 @@ impl RunnerSettings {
                 initial: config.duration_or("retry_initial", d.backoff.initial)?,
                 max: config.duration_or("retry_max", d.backoff.max)?,
             },
-            max_retries: max_retries.filter(|n| *n > 0),
+            max_retries: match max_retries {
+                Some(0) => None,
+                Some(n) => Some(n),
+                None => d.max_retries,
+            },
             drain_timeout: config.duration_or("drain_timeout", d.drain_timeout)?,
         })
     }
@@ -394,6 +405,57 @@ async fn dead_letter<R: SourceReader>(
     }
 }
 
+/// The outcome of one `deliver` call.
+pub(crate) enum Attempt {
+    /// The component accepted the whole batch.
+    Delivered,
+    /// The component rejected these records (valid indices only, with reasons); it accepted the rest.
+    Rejected(BTreeMap<usize, String>),
+    /// Nothing may be assumed accepted: a `retry` answer, a transport error or no answer in time.
+    Failed(String),
+}
+
+/// Calls `deliver` once with a deadline of `limit`, counts what the component accepted and
+/// rejected, and records the outcome on the current span. Shared by the polling runner and
+/// [`crate::request::Slot::deliver`].
+pub(crate) async fn attempt<I: Ingest + ?Sized>(
+    ingest: &I,
+    messages: &[Message],
+    limit: Duration,
+    metrics: &LinkMetrics,
+) -> Attempt {
+    let span = tracing::Span::current();
+    match timeout(limit, ingest.deliver(messages)).await {
+        Ok(Ok(Ok(()))) => {
+            LinkMetrics::add(&metrics.delivered, messages.len());
+            span.record("outcome", "delivered");
+            Attempt::Delivered
+        }
+        Ok(Ok(Err(Failure::Reject(rejected)))) => {
+            let mut reasons: BTreeMap<usize, String> = BTreeMap::new();
+            for r in rejected {
+                let index = r.index as usize;
+                if index < messages.len() {
+                    reasons.insert(index, r.reason);
+                } else {
+                    warn!(
+                        index,
+                        records = messages.len(),
+                        "component rejected a record index outside the batch"
+                    );
+                }
+            }
+            LinkMetrics::add(&metrics.rejected, reasons.len());
+            LinkMetrics::add(&metrics.delivered, messages.len() - reasons.len());
+            span.record("outcome", "rejected");
+            Attempt::Rejected(reasons)
+        }
+        Ok(Ok(Err(Failure::Retry(reason)))) => Attempt::Failed(format!("component asked to retry: {reason}")),
+        Ok(Err(err)) => Attempt::Failed(format!("delivery failed: {err:#}")),
+        Err(_) => Attempt::Failed(format!("no answer within {limit:?}")),
+    }
+}
+
 /// Delivers one batch until it is accepted, rejected, out of retries, or the link's drain ends.
 /// Returns the records to dead-letter, with reasons.
 async fn deliver_batch<I: Ingest>(
@@ -404,31 +466,11 @@ async fn deliver_batch<I: Ingest>(
 ) -> Vec<(Message, String)> {
     let _gauge = InFlight::enter(&metrics.in_flight);
     let span = tracing::Span::current();
-    let mut attempt = 0u32;
+    let mut attempts = 0u32;
     loop {
-        let reason = match timeout(settings.deliver_timeout, ingest.deliver(&messages)).await {
-            Ok(Ok(Ok(()))) => {
-                LinkMetrics::add(&metrics.delivered, messages.len());
-                span.record("outcome", "delivered");
-                return Vec::new();
-            }
-            Ok(Ok(Err(Failure::Reject(rejected)))) => {
-                let mut reasons: BTreeMap<usize, String> = BTreeMap::new();
-                for r in rejected {
-                    let index = r.index as usize;
-                    if index < messages.len() {
-                        reasons.insert(index, r.reason);
-                    } else {
-                        warn!(
-                            index,
-                            records = messages.len(),
-                            "component rejected a record index outside the batch"
-                        );
-                    }
-                }
-                LinkMetrics::add(&metrics.rejected, reasons.len());
-                LinkMetrics::add(&metrics.delivered, messages.len() - reasons.len());
-                span.record("outcome", "rejected");
+        let reason = match attempt(&*ingest, &messages, settings.deliver_timeout, &metrics).await {
+            Attempt::Delivered => return Vec::new(),
+            Attempt::Rejected(reasons) => {
                 let mut dead = Vec::with_capacity(reasons.len());
                 for (index, reason) in reasons.into_iter().rev() {
                     dead.push((messages.swap_remove(index), reason));
@@ -436,25 +478,93 @@ async fn deliver_batch<I: Ingest>(
                 dead.reverse();
                 return dead;
             }
-            Ok(Ok(Err(Failure::Retry(reason)))) => format!("component asked to retry: {reason}"),
-            Ok(Err(err)) => format!("delivery failed: {err:#}"),
-            Err(_) => format!("no answer within {:?}", settings.deliver_timeout),
+            Attempt::Failed(reason) => reason,
         };
-        attempt += 1;
+        attempts += 1;
         metrics.retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if settings.max_retries.is_some_and(|max| attempt > max) {
+        if settings.max_retries.is_some_and(|max| attempts > max) {
             span.record("outcome", "retries exhausted");
-            warn!(%reason, attempts = attempt, "batch out of retries; dead-lettering it");
-            let reason = format!("out of retries after {attempt} attempts: {reason}");
+            warn!(%reason, attempts, "batch out of retries; dead-lettering it");
+            let reason = format!("out of retries after {attempts} attempts: {reason}");
             return messages.into_iter().map(|m| (m, reason.clone())).collect();
         }
-        let delay = settings.backoff.delay(attempt);
-        if attempt == 1 {
+        let delay = settings.backoff.delay(attempts);
+        if attempts == 1 {
             warn!(%reason, ?delay, "batch not accepted; retrying");
         } else {
-            debug!(%reason, attempt, ?delay, "retrying batch");
+            debug!(%reason, attempt = attempts, ?delay, "retrying batch");
         }
         // While draining, this keeps trying until the drain deadline aborts the task.
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// What the engine gives a source link it starts.
+#[derive(Debug)]
+pub struct LinkStart<I> {
+    /// The link.
+    pub link: LinkKey,
+    /// The way to the linked component.
+    pub ingest: Arc<I>,
+    /// The link's engine settings.
+    pub settings: RunnerSettings,
+    /// The link's counters (in the status reply).
+    pub metrics: Arc<LinkMetrics>,
+    /// Cancelled when the link is deleted or the provider stops.
+    pub stop: CancellationToken,
+}
+
+/// The source side of a provider as the engine runs it: every [`SourceConnector`] (its links are
+/// read by the polling [runner](run_source)) and every request-driven source wrapped in
+/// [`crate::request::Requests`] (its links are driven by callers waiting for the answer).
+///
+/// Connectors implement [`SourceConnector`] or [`crate::request::RequestSource`], not this.
+pub trait SourceSide: Send + Sync + 'static {
+    /// The connector's typed config for one link.
+    type Config: Send + 'static;
+
+    /// `false` for [`crate::Unsupported`]: the provider refuses links in this role.
+    const ENABLED: bool = true;
+
+    /// The engine settings a link gets for keys its config leaves out.
+    fn runner_defaults(&self) -> RunnerSettings {
+        RunnerSettings::default()
+    }
+
+    /// Parses a link's config. Keys the engine itself reads are already taken.
+    fn parse_config(&self, config: &ConfigReader<'_>) -> Result<Self::Config, ConfigError>;
+
+    /// Opens a link and returns what serves it: a future that runs until `link.stop` is
+    /// cancelled, then drains the link (within `settings.drain_timeout`) and returns. An error
+    /// refuses the link.
+    fn start<I: Ingest>(
+        &self,
+        config: Self::Config,
+        link: LinkStart<I>,
+    ) -> impl Future<Output = Result<futures::future::BoxFuture<'static, ()>, LinkErrorReason>> + Send;
+
+    /// Called when the provider stops, after every link has stopped (possibly more than once).
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+impl<S: SourceConnector> SourceSide for S {
+    type Config = S::Config;
+    const ENABLED: bool = S::ENABLED;
+
+    fn parse_config(&self, config: &ConfigReader<'_>) -> Result<Self::Config, ConfigError> {
+        SourceConnector::parse_config(self, config)
+    }
+
+    async fn start<I: Ingest>(
+        &self,
+        config: Self::Config,
+        l: LinkStart<I>,
+    ) -> Result<futures::future::BoxFuture<'static, ()>, LinkErrorReason> {
+        let reader = self.open(&l.link, config).await.map_err(LinkErrorReason::Open)?;
+        Ok(Box::pin(run_source(
+            l.link, reader, l.ingest, l.settings, l.metrics, l.stop,
+        )))
     }
 }

@@ -13,11 +13,11 @@ use wasmcloud_provider_sdk::{
     get_connection, run_provider, HealthCheckRequest, HealthCheckResponse, LinkConfig, LinkDeleteInfo, Provider,
 };
 
-use crate::config::Secret;
+use crate::config::{ConfigReader, ProviderConfig, Secret};
 use crate::engine::Engine;
 use crate::link::{LinkKey, LinkSpec};
 use crate::sink::SinkConnector;
-use crate::source::SourceConnector;
+use crate::source::SourceSide;
 use crate::wrpc::{nats, WrpcIngest};
 use crate::{Failure, Message};
 
@@ -30,9 +30,38 @@ pub fn status_subject(lattice: &str, provider_key: &str) -> String {
 
 /// Runs a provider made of `source` and `sink` (either may be [`crate::Unsupported`]) until the
 /// host shuts it down or it receives SIGTERM/SIGINT, then drains every link.
-pub async fn run<S: SourceConnector, K: SinkConnector>(name: &'static str, source: S, sink: K) -> anyhow::Result<()> {
+pub async fn run<S: SourceSide, K: SinkConnector>(name: &'static str, source: S, sink: K) -> anyhow::Result<()> {
+    run_with_config(name, |_| Ok((source, sink))).await
+}
+
+/// Like [`run`], for a provider whose connectors are built from the provider's own config
+/// ([`ProviderConfig`]: HostData `config` and `secrets`), e.g. the address it listens on. `build`
+/// runs once, inside the runtime, before any link arrives; its error (name the key) stops the
+/// provider, and the host reports it. Keys `build` did not read are warned about (`OTEL_*` keys
+/// belong to the SDK).
+pub async fn run_with_config<S, K, F>(name: &'static str, build: F) -> anyhow::Result<()>
+where
+    S: SourceSide,
+    K: SinkConnector,
+    F: FnOnce(&ConfigReader<'_>) -> anyhow::Result<(S, K)>,
+{
     return_large_buffers_to_the_os();
     wasmcloud_provider_sdk::initialize_observability!(name, None::<std::ffi::OsString>);
+    let host_data = wasmcloud_provider_sdk::load_host_data().context("failed to load host data")?;
+    let config = ProviderConfig {
+        values: host_data.config.clone(),
+        secrets: secrets(&host_data.secrets),
+    };
+    let reader = config.reader();
+    let (source, sink) = build(&reader).context("provider config refused")?;
+    let unread: Vec<String> = reader
+        .unread_keys()
+        .into_iter()
+        .filter(|k| !k.to_ascii_uppercase().starts_with("OTEL_"))
+        .collect();
+    if !unread.is_empty() {
+        warn!(keys = ?unread, "ignoring unknown provider config keys");
+    }
     let provider = WasmcloudProvider {
         engine: Arc::new(Engine::new(source, sink)),
         wrpc: Arc::default(),
@@ -87,7 +116,7 @@ pub async fn run<S: SourceConnector, K: SinkConnector>(name: &'static str, sourc
 }
 
 /// Serves the provider's exports on `wrpc` until `stop` completes, each invocation in its own task.
-async fn serve<S: SourceConnector, K: SinkConnector>(
+async fn serve<S: SourceSide, K: SinkConnector>(
     wrpc: &nats::Client,
     provider: WasmcloudProvider<S, K>,
     stop: impl std::future::Future<Output = ()>,
@@ -134,13 +163,13 @@ fn return_large_buffers_to_the_os() {
 }
 
 /// Adapts an [`Engine`] to the wasmCloud provider SDK.
-pub struct WasmcloudProvider<S: SourceConnector, K: SinkConnector> {
+pub struct WasmcloudProvider<S: SourceSide, K: SinkConnector> {
     engine: Arc<Engine<S, K>>,
     /// The provider's wRPC client on the lattice connection, made on first use.
     wrpc: Arc<tokio::sync::OnceCell<nats::Client>>,
 }
 
-impl<S: SourceConnector, K: SinkConnector> Clone for WasmcloudProvider<S, K> {
+impl<S: SourceSide, K: SinkConnector> Clone for WasmcloudProvider<S, K> {
     fn clone(&self) -> Self {
         Self {
             engine: Arc::clone(&self.engine),
@@ -149,7 +178,7 @@ impl<S: SourceConnector, K: SinkConnector> Clone for WasmcloudProvider<S, K> {
     }
 }
 
-impl<S: SourceConnector, K: SinkConnector> WasmcloudProvider<S, K> {
+impl<S: SourceSide, K: SinkConnector> WasmcloudProvider<S, K> {
     /// The wRPC client serving `{lattice}.{provider}` (in the provider's queue group), whose
     /// inbox every call to a component shares.
     async fn wrpc(&self) -> anyhow::Result<nats::Client> {
@@ -164,29 +193,33 @@ impl<S: SourceConnector, K: SinkConnector> WasmcloudProvider<S, K> {
     }
 }
 
+fn secrets(secrets: &HashMap<String, SecretValue>) -> HashMap<String, Secret> {
+    secrets
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                SecretValue::String(s) => Secret::new(s.as_bytes()),
+                SecretValue::Bytes(b) => Secret::new(b.clone()),
+            };
+            (k.clone(), value)
+        })
+        .collect()
+}
+
 fn link_spec(
     component: &str,
     name: &str,
     config: &HashMap<String, String>,
-    secrets: &HashMap<String, SecretValue>,
+    secrets_map: &HashMap<String, SecretValue>,
 ) -> LinkSpec {
     LinkSpec {
         key: LinkKey::new(component, name),
         config: config.clone(),
-        secrets: secrets
-            .iter()
-            .map(|(k, v)| {
-                let value = match v {
-                    SecretValue::String(s) => Secret::new(s.as_bytes()),
-                    SecretValue::Bytes(b) => Secret::new(b.clone()),
-                };
-                (k.clone(), value)
-            })
-            .collect(),
+        secrets: secrets(secrets_map),
     }
 }
 
-impl<S: SourceConnector, K: SinkConnector> Provider for WasmcloudProvider<S, K> {
+impl<S: SourceSide, K: SinkConnector> Provider for WasmcloudProvider<S, K> {
     async fn receive_link_config_as_source(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
         let spec = link_spec(link.target_id, link.link_name, link.config, link.secrets);
         let target = link.target_id.to_string();
@@ -238,7 +271,7 @@ impl<S: SourceConnector, K: SinkConnector> Provider for WasmcloudProvider<S, K> 
     }
 }
 
-impl<S: SourceConnector, K: SinkConnector>
+impl<S: SourceSide, K: SinkConnector>
     crate::bindings::exports::sluice::pipeline::sink::Handler<Option<async_nats::HeaderMap>>
     for WasmcloudProvider<S, K>
 {

@@ -38,11 +38,10 @@ use bindings::sluice::pipeline::types::{Failure, Message, Rejected};
 use bindings::sluice::pipeline::{sink, transform};
 use bindings::wasi::clocks::monotonic_clock;
 use bindings::wasi::logging::logging::{log, Level};
+use reject::reject_all;
 
 /// The `context` of every log line this component emits.
 const LOG_CONTEXT: &str = "sluice-step";
-
-use reject::reject_all;
 
 struct In;
 

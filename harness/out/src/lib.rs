@@ -23,7 +23,6 @@ use bindings::exports::sluice::pipeline::sink::Guest;
 use bindings::sluice::harness::limits;
 use bindings::sluice::pipeline::sink;
 use bindings::sluice::pipeline::types::{Failure, Message};
-
 use reject::reject_all;
 
 struct Out;

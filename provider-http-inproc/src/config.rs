@@ -1,0 +1,292 @@
+//! The provider's config (its one listener) and each link's config (its route). Every key is
+//! documented in the crate README.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hyper::header::HeaderName;
+use hyper::{Method, StatusCode};
+use sluice_provider_core::{ConfigError, ConfigReader, Secret};
+
+/// Paths the provider answers itself, on every host; no route may claim them.
+pub const RESERVED_PATHS: [&str; 2] = ["/healthz", "/metrics"];
+
+/// The listener: provider config (HostData `config`), read once at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// `address`: where to listen (default `0.0.0.0:8080`).
+    pub address: SocketAddr,
+    /// `tls_cert_file` + `tls_key_file`: PEM files; with both, the listener speaks TLS only.
+    pub tls: Option<TlsFiles>,
+    /// `max_connections`: open connections at most; more wait in the kernel's backlog
+    /// (default 10000).
+    pub max_connections: usize,
+    /// `header_timeout`: how long a client may take to send a request's headers, and the TLS
+    /// handshake (default 10s).
+    pub header_timeout: Duration,
+    /// `http_threads`: worker threads serving connections, apart from the provider's own
+    /// (default: the number of CPUs).
+    pub http_threads: usize,
+    /// `shutdown_timeout`: at shutdown, how long open connections may take to finish their
+    /// current request once every link has drained (default 10s).
+    pub shutdown_timeout: Duration,
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `tls_cert_file`: the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// `tls_key_file`: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl ServerConfig {
+    /// Reads the provider config.
+    pub fn from_config(config: &ConfigReader<'_>) -> Result<Self, ConfigError> {
+        let address = config.parse_or(
+            "address",
+            "an address like `0.0.0.0:8080`",
+            SocketAddr::from(([0, 0, 0, 0], 8080)),
+        )?;
+        let tls = match (config.str("tls_cert_file"), config.str("tls_key_file")) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+            }),
+            (Some(_), None) => {
+                return Err(ConfigError::Missing {
+                    key: "tls_key_file".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Missing {
+                    key: "tls_cert_file".into(),
+                })
+            }
+        };
+        Ok(Self {
+            address,
+            tls,
+            max_connections: config.positive_or("max_connections", 10_000)?,
+            header_timeout: config.duration_or("header_timeout", Duration::from_secs(10))?,
+            http_threads: config.positive_or(
+                "http_threads",
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            )?,
+            shutdown_timeout: config.duration_or("shutdown_timeout", Duration::from_secs(10))?,
+        })
+    }
+}
+
+/// How a request body becomes records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// By `Content-Type`: one record per line for `application/x-ndjson`, else one per request.
+    Auto,
+    /// One record per request, whatever its type.
+    Whole,
+}
+
+/// One link's route and request handling: the link's source config and secrets.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// `path`: the path prefix this link serves (required), e.g. `/orders`. Matches `/orders`
+    /// and `/orders/...`, not `/orders-old`.
+    pub prefix: String,
+    /// `host`: serve only requests for this host (without port; default: any host).
+    pub host: Option<String>,
+    /// `methods`: comma-separated methods served (default `POST,PUT`; `*` for any).
+    pub methods: Option<Vec<Method>>,
+    /// Secret `token`: when set, requests must carry `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
+    /// `max_body`: largest body accepted (default 1MiB); larger is answered 413.
+    pub max_body: u64,
+    /// `body_timeout`: how long a client may take to send the body (default 10s); then 408.
+    pub body_timeout: Duration,
+    /// `request_timeout`: how long a request may wait for the step, across retries, counted
+    /// from its arrival (default 10s); then 503. Each `deliver` call is bounded by the engine's
+    /// `deliver_timeout` as well.
+    pub request_timeout: Duration,
+    /// `headers`: comma-separated request headers copied into each record (default
+    /// `content-type`).
+    pub headers: Vec<HeaderName>,
+    /// `body`: `auto` (default) or `whole`.
+    pub format: BodyFormat,
+    /// `success_status`: `200` (default) or `202`.
+    pub success: StatusCode,
+}
+
+/// Normalizes a path prefix: must start with `/`; a trailing `/` is dropped (but `/` stays).
+pub fn normalize_prefix(key: &str, raw: &str) -> Result<String, ConfigError> {
+    if !raw.starts_with('/') || raw.contains(['?', '#']) || raw.chars().any(char::is_whitespace) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("expected a path prefix like `/orders`, got `{raw}`"),
+        ));
+    }
+    let trimmed = raw.trim_end_matches('/');
+    Ok(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
+}
+
+impl RouteConfig {
+    /// Reads a link's config and secrets.
+    pub fn from_config(config: &ConfigReader<'_>) -> Result<Self, ConfigError> {
+        let prefix = normalize_prefix("path", config.required_str("path")?)?;
+        if RESERVED_PATHS
+            .iter()
+            .any(|r| prefix == *r || prefix.starts_with(&format!("{r}/")))
+        {
+            return Err(ConfigError::invalid(
+                "path",
+                format!("`{prefix}` is reserved for the provider's own endpoint"),
+            ));
+        }
+        let host = config
+            .str("host")
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                if h.contains(['/', ' ', ':']) {
+                    Err(ConfigError::invalid(
+                        "host",
+                        format!("expected a host name without port, got `{h}`"),
+                    ))
+                } else {
+                    Ok(h.to_ascii_lowercase())
+                }
+            })
+            .transpose()?;
+        let methods = match config.str("methods").unwrap_or("POST,PUT") {
+            "*" => None,
+            list => {
+                let mut methods = Vec::new();
+                for m in list.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+                    let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                        .map_err(|_| ConfigError::invalid("methods", format!("`{m}` is not an HTTP method")))?;
+                    if !methods.contains(&method) {
+                        methods.push(method);
+                    }
+                }
+                if methods.is_empty() {
+                    return Err(ConfigError::invalid("methods", "expected at least one method, or `*`"));
+                }
+                methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                Some(methods)
+            }
+        };
+        let headers = config
+            .str("headers")
+            .unwrap_or("content-type")
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| ConfigError::invalid("headers", format!("`{h}` is not a header name")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let format = match config.str("body").unwrap_or("auto") {
+            "auto" => BodyFormat::Auto,
+            "whole" => BodyFormat::Whole,
+            other => {
+                return Err(ConfigError::invalid(
+                    "body",
+                    format!("expected `auto` or `whole`, got `{other}`"),
+                ))
+            }
+        };
+        let success = match config.parse_or::<u16>("success_status", "200 or 202", 200)? {
+            200 => StatusCode::OK,
+            202 => StatusCode::ACCEPTED,
+            other => {
+                return Err(ConfigError::invalid(
+                    "success_status",
+                    format!("expected 200 or 202, got `{other}`"),
+                ))
+            }
+        };
+        let token = config.secret("token")?;
+        if token.as_ref().is_some_and(|t| t.expose().is_empty()) {
+            return Err(ConfigError::invalid("token", "the token is empty"));
+        }
+        Ok(Self {
+            prefix,
+            host,
+            methods,
+            token,
+            max_body: config.size_or("max_body", 1 << 20)?,
+            body_timeout: config.duration_or("body_timeout", Duration::from_secs(10))?,
+            request_timeout: config.duration_or("request_timeout", Duration::from_secs(10))?,
+            headers,
+            format,
+            success,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn route(pairs: &[(&str, &str)]) -> Result<RouteConfig, ConfigError> {
+        let values: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let secrets = HashMap::new();
+        RouteConfig::from_config(&ConfigReader::new(&values, &secrets))
+    }
+
+    #[test]
+    fn defaults() {
+        let r = route(&[("path", "/orders/")]).unwrap();
+        assert_eq!(r.prefix, "/orders");
+        assert_eq!(r.host, None);
+        assert_eq!(r.methods, Some(vec![Method::POST, Method::PUT]));
+        assert_eq!(r.max_body, 1 << 20);
+        assert_eq!(r.headers, vec![HeaderName::from_static("content-type")]);
+        assert_eq!(r.success, StatusCode::OK);
+        assert_eq!(route(&[("path", "/")]).unwrap().prefix, "/");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (pairs, key) in [
+            (vec![], "path"),
+            (vec![("path", "orders")], "path"),
+            (vec![("path", "/metrics")], "path"),
+            (vec![("path", "/healthz/x")], "path"),
+            (vec![("path", "/a"), ("methods", "PO ST")], "methods"),
+            (vec![("path", "/a"), ("host", "a.example:80")], "host"),
+            (vec![("path", "/a"), ("max_body", "lots")], "max_body"),
+            (vec![("path", "/a"), ("success_status", "201")], "success_status"),
+            (vec![("path", "/a"), ("body", "lines")], "body"),
+            (vec![("path", "/a"), ("token", "in-plain-config")], "token"),
+        ] {
+            assert_eq!(route(&pairs).unwrap_err().key(), key, "{pairs:?}");
+        }
+        assert!(route(&[("path", "/metricsx")]).is_ok());
+    }
+
+    #[test]
+    fn any_method() {
+        assert_eq!(route(&[("path", "/a"), ("methods", "*")]).unwrap().methods, None);
+        assert_eq!(
+            route(&[("path", "/a"), ("methods", "put, post,PUT")]).unwrap().methods,
+            Some(vec![Method::POST, Method::PUT])
+        );
+    }
+
+    #[test]
+    fn server_config() {
+        let values: HashMap<String, String> = [("address".to_string(), "127.0.0.1:9000".to_string())].into();
+        let secrets = HashMap::new();
+        let c = ServerConfig::from_config(&ConfigReader::new(&values, &secrets)).unwrap();
+        assert_eq!(c.address, SocketAddr::from(([127, 0, 0, 1], 9000)));
+        assert_eq!(c.tls, None);
+        let values: HashMap<String, String> = [("tls_cert_file".to_string(), "c.pem".to_string())].into();
+        let err = ServerConfig::from_config(&ConfigReader::new(&values, &secrets)).unwrap_err();
+        assert_eq!(err.key(), "tls_key_file");
+    }
+}

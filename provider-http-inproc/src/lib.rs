@@ -1,0 +1,105 @@
+//! HTTP ingress for Sluice: one listener for the whole provider, any number of source links, each
+//! a route (path prefix, optional host and methods) to its own pipeline step.
+//!
+//! - Routing is deterministic ([`router`]): host routes before any-host routes, then the longest
+//!   prefix, then an explicit method before "any method". A link whose route collides with
+//!   another link's is refused at link time with an error naming both; routes come and go with
+//!   links while the listener keeps running.
+//! - A request becomes records ([`records`]): one per request, or one per line for
+//!   `application/x-ndjson`; key = path, selected headers, origin `http:<route>#<request-id>`.
+//! - Acknowledgement is synchronous: the answer is sent once the step's `deliver` returned —
+//!   200/202 accepted, 422 rejected (with reasons), 503 + `Retry-After` (retry or timeout), 429
+//!   (the route's in-flight limit), 413 (body limit), 408 (slow body), 404/405 (no route),
+//!   401 (bearer token, a wasmCloud secret).
+//! - `GET /healthz` and `GET /metrics` (Prometheus text) on every host.
+//!
+//! The connector is a [`RequestSource`] on `sluice-provider-core`; nothing here depends on
+//! wasmCloud. Every config key is documented in this crate's README.
+
+pub mod config;
+pub mod metrics;
+pub mod records;
+pub mod router;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sluice_provider_core::{
+    ConfigError, ConfigReader, ConnectorError, Delivery, LinkKey, RequestSource, RunnerSettings,
+};
+
+use crate::config::{RouteConfig, ServerConfig};
+use crate::router::{Route, Router};
+use crate::server::{Server, ServerError};
+
+/// The HTTP source: the listener and its route table.
+#[derive(Debug)]
+pub struct HttpSource {
+    router: Arc<Router>,
+    server: Server,
+}
+
+impl HttpSource {
+    /// Reads the provider config and starts listening. Must run inside a Tokio runtime.
+    pub fn start(config: &ConfigReader<'_>) -> anyhow::Result<Self> {
+        let config = ServerConfig::from_config(config)?;
+        Ok(Self::with_config(&config)?)
+    }
+
+    /// Starts listening with `config`.
+    pub fn with_config(config: &ServerConfig) -> Result<Self, ServerError> {
+        let router = Arc::new(Router::default());
+        let server = Server::start(config, Arc::clone(&router))?;
+        Ok(Self { router, server })
+    }
+
+    /// Where the listener is bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The route table.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+}
+
+impl RequestSource for HttpSource {
+    type Config = RouteConfig;
+    type Route = Arc<Route>;
+
+    /// A client is waiting: 32 requests in flight per route (then 429); each `deliver` call
+    /// bounded by 2s and retried from 50ms up to 1s apart, within the route's
+    /// `request_timeout` (then 503). A short per-call deadline means a step that stalls one
+    /// call is asked again instead of holding the client for the whole request timeout.
+    fn runner_defaults(&self) -> RunnerSettings {
+        let mut settings = RunnerSettings {
+            max_in_flight: 32,
+            deliver_timeout: std::time::Duration::from_secs(2),
+            ..RunnerSettings::default()
+        };
+        settings.backoff.initial = std::time::Duration::from_millis(50);
+        settings.backoff.max = std::time::Duration::from_secs(1);
+        settings
+    }
+
+    fn parse_config(&self, config: &ConfigReader<'_>) -> Result<RouteConfig, ConfigError> {
+        RouteConfig::from_config(config)
+    }
+
+    fn attach(&self, link: &LinkKey, config: RouteConfig, delivery: Delivery) -> Result<Arc<Route>, ConnectorError> {
+        let route = self.router.insert(config, delivery).map_err(ConnectorError::new)?;
+        tracing::info!(%link, route = %router::RouteDisplay(&route.config), "route added");
+        Ok(route)
+    }
+
+    fn detach(&self, route: Arc<Route>) {
+        self.router.remove(&route);
+        tracing::info!(link = %route.link(), route = %router::RouteDisplay(&route.config), "route removed");
+    }
+
+    async fn close(&self) {
+        self.server.shutdown().await;
+    }
+}
