@@ -499,3 +499,96 @@ async fn undeploying_a_pipeline_drains_its_links_while_the_shared_provider_serve
     shared.undeploy().await.unwrap();
     lattice.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_run_deploys_to_an_existing_lattice_and_undeploys_on_ctrl_c() {
+    sluice_integration::init_tracing();
+    let (par, dir) = (archives().await, pipeline_dir());
+    let (mqtt, s3) = (Mosquitto::start().unwrap(), S3Server::start().unwrap());
+    let client = s3_client(&s3);
+    create_bucket(&client, "existing").await;
+    // Someone else's lattice: a host, wadm and a secrets backend already running.
+    let mut lattice = LocalLattice::start(None).await.unwrap();
+    lattice.add_host("customer-e").await.unwrap();
+    lattice
+        .serve_secrets("nats-kv", secrets("existing-to-s3", &s3, "customer-a"))
+        .await
+        .unwrap();
+    let spec = dir.join("existing.yaml");
+    std::fs::write(
+        &spec,
+        mqtt_to_s3("existing-to-s3", "customer-e", &mqtt, &s3, "existing/#", "existing"),
+    )
+    .unwrap();
+
+    let mut run = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg(&spec)
+        .args(["--lattice-url", lattice.nats_url()])
+        .arg("--par-dir")
+        .arg(&par)
+        .stdout(std::fs::File::create(dir.join("run.out")).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(run.stderr.take().unwrap());
+    let deployed = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        let mut seen = String::new();
+        while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap_or(0) > 0 {
+            seen.push_str(&line);
+            if line.starts_with("deployed") {
+                return (true, seen, stderr);
+            }
+            line.clear();
+        }
+        (false, seen, stderr)
+    });
+    let (ok, seen, mut stderr) = tokio::time::timeout(WAIT, deployed).await.unwrap().unwrap();
+    assert!(ok, "sluice run did not deploy: {seen}");
+    assert!(!seen.contains("starting wadm"), "it used the existing lattice: {seen}");
+
+    // The links go live once wadm has reconciled and the host has put them: probe until a
+    // reading comes through, then every reading published must land.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !s3_records(&client, "existing")
+        .await
+        .keys()
+        .any(|k| k.starts_with("probe-"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing reached S3 through the pipeline: {}",
+            std::fs::read_to_string(dir.join("run.out"))
+                .unwrap_or_default()
+                .chars()
+                .rev()
+                .take(600)
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect::<String>()
+        );
+        publish(&mqtt, "existing/plant-e", "probe-", 1);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let n = 100;
+    let wanted = expected("existing-", n);
+    publish(&mqtt, "existing/plant-e", "existing-", n);
+    let got = wait_s3(&client, "existing", &wanted).await;
+    assert_eq!(lost(&got, &wanted), Vec::<String>::new(), "records lost: {got:?}");
+
+    // Ctrl-C: the CLI undeploys and exits cleanly; the lattice it did not start keeps running.
+    let pid = run.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let status = tokio::task::spawn_blocking(move || run.wait()).await.unwrap().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.success(), "sluice run exited with {status}: {rest}");
+    assert!(rest.contains("undeploying `existing-to-s3`"), "{rest}");
+    assert!(
+        !rest.contains("stopping the host"),
+        "it leaves the lattice running: {rest}"
+    );
+    lattice.stop().await.unwrap();
+}
