@@ -48,7 +48,7 @@ impl Setup {
         let client = self.client.clone();
         let prefix = format!("{LATTICE}.{}", key.component);
         self.engine
-            .put_source_link(spec, |_| async move {
+            .put_source_link(spec, || async move {
                 Ok(WrpcIngest::new(nats::Client::new(client, prefix, None).await?))
             })
             .await

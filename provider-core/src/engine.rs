@@ -108,12 +108,12 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         }
     }
 
-    /// Starts feeding the component of `spec` through `ingest`. `make_ingest` gets the link's
-    /// runner settings (its delivery deadline, how many batches it keeps in flight). A link that is already running is restarted with the new config.
+    /// Starts feeding the component of `spec` through the [`Ingest`] `make_ingest` makes, once the
+    /// link's config is accepted. A link that is already running is restarted with the new config.
     pub async fn put_source_link<I, F, Fut>(&self, spec: LinkSpec, make_ingest: F) -> Result<(), LinkError>
     where
         I: Ingest,
-        F: FnOnce(&RunnerSettings) -> Fut,
+        F: FnOnce() -> Fut,
         Fut: Future<Output = anyhow::Result<I>>,
     {
         let key = spec.key.clone();
@@ -129,7 +129,7 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             .map_err(|e| self.refuse(Role::Source, &key, e.into()))?;
         Self::warn_unread(Role::Source, &key, &reader_config);
         self.delete_source_link(&key).await;
-        let ingest = make_ingest(&settings).await.map_err(|e| {
+        let ingest = make_ingest().await.map_err(|e| {
             self.refuse(
                 Role::Source,
                 &key,

@@ -552,7 +552,7 @@ mod tests {
         let engine = Engine::new(Requests::new(Names::default()), Unsupported);
         let ingest = || async { Ok(Scripted::default()) };
         engine
-            .put_source_link(spec("a", &[("name", "x")]), |_| ingest())
+            .put_source_link(spec("a", &[("name", "x")]), ingest)
             .await
             .unwrap();
         let names = Arc::clone(engine_source(&engine));
@@ -561,7 +561,7 @@ mod tests {
         assert_eq!(first.settings().max_retries, Some(1), "connector default");
 
         let err = engine
-            .put_source_link(spec("b", &[("name", "x"), ("max_in_flight", "7")]), |_| ingest())
+            .put_source_link(spec("b", &[("name", "x"), ("max_in_flight", "7")]), ingest)
             .await
             .unwrap_err();
         assert_eq!(
@@ -574,7 +574,7 @@ mod tests {
         assert!(names.taken.lock().unwrap()["x"].link().component == "a");
 
         engine
-            .put_source_link(spec("b", &[("name", "y"), ("max_in_flight", "7")]), |_| ingest())
+            .put_source_link(spec("b", &[("name", "y"), ("max_in_flight", "7")]), ingest)
             .await
             .unwrap();
         assert_eq!(names.taken.lock().unwrap()["y"].settings().max_in_flight, 7);

@@ -224,7 +224,7 @@ impl<S: SourceSide, K: SinkConnector> Provider for WasmcloudProvider<S, K> {
         let spec = link_spec(link.target_id, link.link_name, link.config, link.secrets);
         let target = link.target_id.to_string();
         self.engine
-            .put_source_link(spec, |_| async move {
+            .put_source_link(spec, || async move {
                 // Calls carry the caller and the callee, as the SDK's own client sends them.
                 let client = self
                     .wrpc()

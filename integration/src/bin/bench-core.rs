@@ -35,7 +35,7 @@ async fn engine_rate(nats: &NatsServer, batch: usize, records: usize) -> anyhow:
     let prefix = format!("default.{component_id}");
     let started = Instant::now();
     engine
-        .put_source_link(spec, |_| async move {
+        .put_source_link(spec, || async move {
             Ok(WrpcIngest::new(nats::Client::new(client, prefix, None).await?))
         })
         .await?;

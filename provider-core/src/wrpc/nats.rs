@@ -108,12 +108,6 @@ impl Client {
         self.headers.insert(name, value);
         self
     }
-
-    /// The prefix calls and served functions live under (`{lattice}.{component}` in wasmCloud).
-    #[must_use]
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
 }
 
 /// One wildcard subscription on `{inbox}.>` and the table that routes its messages to calls.
