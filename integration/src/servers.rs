@@ -1,5 +1,6 @@
 //! Real servers on 127.0.0.1 for tests. Each runs from a fresh temporary directory with its output
-//! in a log file there, and is killed when its handle is dropped.
+//! in a log file there, and is killed when its handle is dropped. The directory is removed then too,
+//! unless the thread is panicking: a failed test leaves its servers' data and logs to read.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,7 @@ pub struct ServerProcess {
     name: &'static str,
     child: Child,
     dir: PathBuf,
+    keep_dir: bool,
 }
 
 impl ServerProcess {
@@ -60,7 +62,12 @@ impl ServerProcess {
             .stderr(log)
             .spawn()
             .with_context(|| format!("failed to start {name}"))?;
-        Ok(Self { name, child, dir })
+        Ok(Self {
+            name,
+            child,
+            dir,
+            keep_dir: false,
+        })
     }
 
     /// Waits until `port` on 127.0.0.1 accepts connections.
@@ -101,12 +108,31 @@ impl ServerProcess {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join(format!("{}.log", self.name))).unwrap_or_default()
     }
+
+    /// The last `lines` lines of the log, for a failure message.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Starts `command` again in the same directory, the old process already stopped.
+    fn respawn(&mut self, command: Command) -> anyhow::Result<()> {
+        let mut next = Self::spawn(self.name, command, self.dir.clone())?;
+        std::mem::swap(self, &mut next);
+        // The old handle shares the directory with the new process.
+        next.keep_dir = true;
+        Ok(())
+    }
 }
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !self.keep_dir && !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -218,9 +244,13 @@ impl Mosquitto {
     }
 
     fn spawn(command: &[String], dir: PathBuf) -> anyhow::Result<ServerProcess> {
+        ServerProcess::spawn("mosquitto", Self::command(command), dir)
+    }
+
+    fn command(command: &[String]) -> Command {
         let mut c = Command::new(&command[0]);
         c.args(&command[1..]);
-        ServerProcess::spawn("mosquitto", c, dir)
+        c
     }
 
     fn wait(&mut self) -> anyhow::Result<()> {
@@ -236,7 +266,7 @@ impl Mosquitto {
         let dir = self.process.dir().to_path_buf();
         // ServerProcess::spawn truncates the log; keep the old one.
         let _ = std::fs::rename(dir.join("mosquitto.log"), dir.join("mosquitto.before-restart.log"));
-        self.process = Self::spawn(&self.command, dir)?;
+        self.process.respawn(Self::command(&self.command))?;
         self.wait()
     }
 

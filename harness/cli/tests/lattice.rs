@@ -31,6 +31,10 @@ use xtask::par::{package_all, Profile, Workspace};
 
 const WAIT: Duration = Duration::from_secs(90);
 
+/// Two lattices at a time at most: each is a wasmCloud host, wadm and four servers, and CI has
+/// two cores.
+static LATTICES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// Every provider's `.par.gz`, packaged once from the debug binaries `cargo test` built.
 async fn archives() -> PathBuf {
     static DIR: OnceCell<PathBuf> = OnceCell::const_new();
@@ -244,6 +248,7 @@ fn lost(got: &BTreeMap<String, usize>, wanted: &[String]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mqtt_to_s3_then_the_sink_swapped_to_kafka_with_the_same_step() {
     sluice_integration::init_tracing();
+    let _permit = LATTICES.acquire().await.unwrap();
     let (par, dir) = (archives().await, pipeline_dir());
     let (mqtt, s3, kafka) = (
         Mosquitto::start().unwrap(),
@@ -271,7 +276,8 @@ async fn mqtt_to_s3_then_the_sink_swapped_to_kafka_with_the_same_step() {
     assert_eq!(
         lost(&got, &wanted),
         Vec::<String>::new(),
-        "records lost on the way to S3"
+        "records lost on the way to S3; seaweedfs log ends:\n{}",
+        s3.process().log_tail(30)
     );
     assert_eq!(got.len(), n, "only the published records: {got:?}");
     let progress = deployment.progress().await;
@@ -322,6 +328,7 @@ fn shared_spec(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_customers_on_two_lattices_are_isolated() {
     sluice_integration::init_tracing();
+    let _permit = LATTICES.acquire().await.unwrap();
     let (par, dir) = (archives().await, pipeline_dir());
     let (mqtt, s3) = (Mosquitto::start().unwrap(), S3Server::start().unwrap());
     let client = s3_client(&s3);
@@ -360,7 +367,8 @@ async fn two_customers_on_two_lattices_are_isolated() {
     assert_eq!(
         got_a.keys().cloned().collect::<Vec<_>>(),
         expected("a-", n),
-        "bucket-a holds A's records only"
+        "bucket-a holds A's records only; seaweedfs log ends:\n{}",
+        s3.process().log_tail(30)
     );
     assert_eq!(
         got_b.keys().cloned().collect::<Vec<_>>(),
@@ -400,6 +408,7 @@ fn sluice_provider_status_subject(lattice: &str, provider: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn undeploying_a_pipeline_drains_its_links_while_the_shared_provider_serves_the_other() {
     sluice_integration::init_tracing();
+    let _permit = LATTICES.acquire().await.unwrap();
     let (par, dir) = (archives().await, pipeline_dir());
     let (mqtt, s3) = (Mosquitto::start().unwrap(), S3Server::start().unwrap());
     let client = s3_client(&s3);
@@ -457,7 +466,12 @@ async fn undeploying_a_pipeline_drains_its_links_while_the_shared_provider_serve
     publish(&mqtt, "first/x", "f-", n);
     publish(&mqtt, "second/x", "s-", n);
     let got = wait_s3(&client, "first", &expected("f-", n)).await;
-    assert_eq!(lost(&got, &expected("f-", n)), Vec::<String>::new());
+    assert_eq!(
+        lost(&got, &expected("f-", n)),
+        Vec::<String>::new(),
+        "seaweedfs log ends:\n{}",
+        s3.process().log_tail(30)
+    );
     let source = d1.ids.source.clone();
     let step1 = d1.ids.step.clone();
     d1.undeploy().await.unwrap();
@@ -503,6 +517,7 @@ async fn undeploying_a_pipeline_drains_its_links_while_the_shared_provider_serve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_run_deploys_to_an_existing_lattice_and_undeploys_on_ctrl_c() {
     sluice_integration::init_tracing();
+    let _permit = LATTICES.acquire().await.unwrap();
     let (par, dir) = (archives().await, pipeline_dir());
     let (mqtt, s3) = (Mosquitto::start().unwrap(), S3Server::start().unwrap());
     let client = s3_client(&s3);
@@ -558,7 +573,8 @@ async fn sluice_run_deploys_to_an_existing_lattice_and_undeploys_on_ctrl_c() {
     {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "nothing reached S3 through the pipeline: {}",
+            "nothing reached S3 through the pipeline; seaweedfs log ends:\n{}\nsluice run: {}",
+            s3.process().log_tail(30),
             std::fs::read_to_string(dir.join("run.out"))
                 .unwrap_or_default()
                 .chars()
@@ -576,7 +592,12 @@ async fn sluice_run_deploys_to_an_existing_lattice_and_undeploys_on_ctrl_c() {
     let wanted = expected("existing-", n);
     publish(&mqtt, "existing/plant-e", "existing-", n);
     let got = wait_s3(&client, "existing", &wanted).await;
-    assert_eq!(lost(&got, &wanted), Vec::<String>::new(), "records lost: {got:?}");
+    assert_eq!(
+        lost(&got, &wanted),
+        Vec::<String>::new(),
+        "records lost: {got:?}; seaweedfs log ends:\n{}",
+        s3.process().log_tail(30)
+    );
 
     // Ctrl-C: the CLI undeploys and exits cleanly; the lattice it did not start keeps running.
     let pid = run.id().to_string();
