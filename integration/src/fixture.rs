@@ -6,6 +6,7 @@
 //! each written record is appended to, one per line); optional secret `token`, and `expect_token`
 //! (`true` to refuse a link without it).
 
+use std::future::Future;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -86,17 +87,18 @@ impl SourceReader for FileReader {
         }
     }
 
-    async fn ack(&mut self, acks: Vec<u64>) -> Result<(), ConnectorError> {
-        let Some(last) = acks.last() else {
-            return Ok(());
-        };
-        let tmp = self.config.checkpoint.with_extension("tmp");
-        tokio::fs::write(&tmp, (last + 1).to_string())
-            .await
-            .map_err(ConnectorError::new)?;
-        tokio::fs::rename(&tmp, &self.config.checkpoint)
-            .await
-            .map_err(ConnectorError::new)
+    fn ack(&mut self, acks: Vec<u64>) -> impl Future<Output = Result<(), ConnectorError>> + Send + 'static {
+        let checkpoint = self.config.checkpoint.clone();
+        async move {
+            let Some(last) = acks.last() else {
+                return Ok(());
+            };
+            let tmp = checkpoint.with_extension("tmp");
+            tokio::fs::write(&tmp, (last + 1).to_string())
+                .await
+                .map_err(ConnectorError::new)?;
+            tokio::fs::rename(&tmp, &checkpoint).await.map_err(ConnectorError::new)
+        }
     }
 }
 

@@ -273,6 +273,64 @@ async fn a_stalled_component_bounds_in_flight_and_polling() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_acknowledgement_does_not_hold_up_delivery_and_the_next_call_takes_what_piled_up() {
+    let s = Setup::new().await;
+    let component = s.component("step-c").await;
+    let key = LinkKey::new("step-c", "default");
+    let stream = s.source.stream(&key);
+    // The first acknowledgement call hangs, as a commit to a slow broker would.
+    stream.hold_acks(true);
+    s.put_source(
+        &key,
+        &[("max_in_flight", "4"), ("max_batch_records", "10"), ("linger", "1ms")],
+    )
+    .await
+    .unwrap();
+    stream.push((0..100).map(|i| Message::new(format!("r{i}").into_bytes(), format!("test@{i}"))));
+    // The runner keeps delivering while that call waits, up to the unacknowledged bound
+    // (4 x 10 records): records whose acknowledgement is in flight count against it.
+    assert!(
+        component
+            .wait_for(Duration::from_secs(10), |c| c.accepted_count() >= 40)
+            .await
+    );
+    let delivered = || s.engine.status().links[0].metrics.delivered;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while delivered() < 40 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(delivered(), 40, "delivery stops at the bound");
+    assert!(
+        stream.polled() < 50,
+        "read at most the bound and one batch: {}",
+        stream.polled()
+    );
+    assert_eq!(stream.ack_calls(), Vec::<usize>::new());
+    // Released, the hung call finishes and one more call acknowledges every batch that finished
+    // meanwhile (a call per batch would make four), in read order; then the rest flows.
+    stream.hold_acks(false);
+    assert!(
+        stream
+            .wait_for(Duration::from_secs(10), |st| st.acked_count() >= 40)
+            .await
+    );
+    assert_eq!(stream.acked()[..40], (0..40).collect::<Vec<u64>>()[..]);
+    let calls = stream.ack_calls();
+    assert_eq!(
+        calls[0] + calls[1],
+        40,
+        "the batches released during the first call share the second: {calls:?}"
+    );
+    assert!(
+        stream
+            .wait_for(Duration::from_secs(10), |st| st.acked_count() == 100)
+            .await
+    );
+    assert_eq!(stream.acked(), (0..100).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_link_is_refused_by_name_while_a_good_one_keeps_delivering() {
     let s = Setup::new().await;
     let good = s.component("step-good").await;

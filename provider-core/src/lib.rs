@@ -106,8 +106,9 @@ impl SourceReader for Never {
         match *self {}
     }
 
-    async fn ack(&mut self, _: Vec<()>) -> Result<(), ConnectorError> {
-        match *self {}
+    #[allow(unreachable_code)] // `Never` has no values: this is never called.
+    fn ack(&mut self, _: Vec<()>) -> impl std::future::Future<Output = Result<(), ConnectorError>> + Send + 'static {
+        std::future::ready(match *self {})
     }
 }
 

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,7 +84,12 @@ pub trait SourceReader: Send + 'static {
 
     /// Acknowledges records the component accepted (or that were dead-lettered), always in the
     /// order they were read: every record read before these has been acknowledged already.
-    fn ack(&mut self, acks: Vec<Self::Ack>) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+    ///
+    /// The returned future must not borrow the reader: the runner goes on reading and delivering
+    /// while it runs (a Kafka commit is a broker round trip). One call is in flight per link at a
+    /// time; what is released meanwhile goes into the next call, so each call covers records
+    /// read after those of the call before it.
+    fn ack(&mut self, acks: Vec<Self::Ack>) -> impl Future<Output = Result<(), ConnectorError>> + Send + 'static;
 
     /// Stores records the component rejected for good, with the reason. The default logs them
     /// with their origin; connectors with a dead-letter destination write them there.
@@ -189,6 +195,29 @@ struct Pending {
     since: Instant,
 }
 
+/// The one acknowledgement call of a link in flight, and how many records it covers.
+struct AckCall {
+    records: usize,
+    call: Pin<Box<dyn Future<Output = Result<(), ConnectorError>> + Send>>,
+}
+
+impl AckCall {
+    fn start<R: SourceReader>(reader: &mut R, acks: Vec<R::Ack>) -> Self {
+        Self {
+            records: acks.len(),
+            call: Box::pin(reader.ack(acks)),
+        }
+    }
+}
+
+fn acknowledged(link: &LinkKey, metrics: &LinkMetrics, records: usize, result: Result<(), ConnectorError>) {
+    match result {
+        Ok(()) => LinkMetrics::add(&metrics.acked, records),
+        // Delivered all the same; a lost acknowledgement means they may come again.
+        Err(err) => warn!(%link, error = %err, records, "acknowledgement failed"),
+    }
+}
+
 /// Acknowledgement tokens of every record read and not yet acknowledged, in read order: the
 /// front is released once it is done, so acknowledgements follow read order.
 struct AckQueue<A> {
@@ -226,6 +255,9 @@ impl<A> AckQueue<A> {
 /// `max_in_flight * max_batch_records` records wait for acknowledgement. Records with an order key travel in a lane of their own (one batch in
 /// flight per lane). Acknowledgements are released strictly in read order: a record is
 /// acknowledged once it and every record read before it are done (accepted or dead-lettered).
+/// One acknowledgement call is in flight at a time and the runner does not wait for it: what is
+/// released meanwhile is acknowledged by the next call. Records whose acknowledgement has not
+/// completed count against the unacknowledged bound, so a crash redelivers at most that many.
 pub async fn run_source<R: SourceReader, I: Ingest>(
     link: LinkKey,
     mut reader: R,
@@ -245,6 +277,8 @@ pub async fn run_source<R: SourceReader, I: Ingest>(
     };
     type Done = (Option<u64>, Vec<u64>, Vec<(Message, String)>);
     let mut inflight: JoinSet<Done> = JoinSet::new();
+    let mut acking: Option<AckCall> = None;
+    let mut ack_waiting: Vec<R::Ack> = Vec::new();
     let mut poll_failures = 0u32;
     let mut poll_paused_until: Option<Instant> = None;
     let mut drain_deadline: Option<Instant> = None;
@@ -294,7 +328,8 @@ pub async fn run_source<R: SourceReader, I: Ingest>(
 
         let paused = poll_paused_until.is_some_and(|t| t > now);
         // Records read but not yet acknowledged stay bounded even behind one slow batch.
-        let unacked_full = acks.entries.len() >= max_unacked;
+        let unacknowledged = acks.entries.len() + ack_waiting.len() + acking.as_ref().map_or(0, |a| a.records);
+        let unacked_full = unacknowledged >= max_unacked;
         let can_poll = !stopping && !paused && !unacked_full && !pending.values().any(is_full);
         let largest = pending.values().map(|p| p.messages.len()).max().unwrap_or(0);
         let room = settings.max_batch_records.saturating_sub(largest).max(1);
@@ -322,19 +357,21 @@ pub async fn run_source<R: SourceReader, I: Ingest>(
                         break;
                     }
                     acks.finish(&positions);
-                    let released = acks.release();
-                    if !released.is_empty() {
-                        let count = released.len();
-                        match reader.ack(released).await {
-                            Ok(()) => LinkMetrics::add(&metrics.acked, count),
-                            // Delivered all the same; a lost acknowledgement means they may come again.
-                            Err(err) => warn!(%link, error = %err, records = count, "acknowledgement failed"),
-                        }
+                    ack_waiting.extend(acks.release());
+                    if acking.is_none() && !ack_waiting.is_empty() {
+                        acking = Some(AckCall::start(&mut reader, std::mem::take(&mut ack_waiting)));
                     }
                 }
                 Err(err) if err.is_cancelled() => {}
                 Err(err) => error!(%link, %err, "delivery task failed"),
             },
+            result = async { acking.as_mut().expect("guarded by is_some").call.as_mut().await }, if acking.is_some() => {
+                let records = acking.take().map_or(0, |a| a.records);
+                acknowledged(&link, &metrics, records, result);
+                if !ack_waiting.is_empty() {
+                    acking = Some(AckCall::start(&mut reader, std::mem::take(&mut ack_waiting)));
+                }
+            }
             () = sleep_until(wake_at.unwrap_or(now)), if wake_at.is_some() => {
                 if drain_deadline.is_some_and(|d| d <= Instant::now()) {
                     warn!(%link, unfinished = inflight.len(), "drain timed out; unfinished batches stay unacknowledged");
@@ -369,6 +406,14 @@ pub async fn run_source<R: SourceReader, I: Ingest>(
         }
     }
     inflight.abort_all();
+    // What was released is done: acknowledge it before closing.
+    if let Some(call) = acking.take() {
+        acknowledged(&link, &metrics, call.records, call.call.await);
+    }
+    if !ack_waiting.is_empty() {
+        let call = AckCall::start(&mut reader, ack_waiting);
+        acknowledged(&link, &metrics, call.records, call.call.await);
+    }
     reader.close().await;
     debug!(%link, unacknowledged = acks.entries.len(), "source link stopped");
 }

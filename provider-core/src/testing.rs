@@ -2,7 +2,8 @@
 //! and dead letters the test controls and inspects, and a sink that keeps what it was given.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ pub struct MemoryStream {
     next_offset: AtomicU64,
     polled: AtomicU64,
     acked: Mutex<Vec<u64>>,
+    ack_calls: Mutex<Vec<usize>>,
+    acks_held: AtomicBool,
+    acks_released: Notify,
     dead: Mutex<Vec<(Message, String)>>,
     closed: AtomicU64,
     arrived: Notify,
@@ -66,6 +70,19 @@ impl MemoryStream {
     /// How many records were acknowledged so far.
     pub fn acked_count(&self) -> usize {
         lock(&self.acked).len()
+    }
+
+    /// How many records each completed acknowledgement call covered, in call order.
+    pub fn ack_calls(&self) -> Vec<usize> {
+        lock(&self.ack_calls).clone()
+    }
+
+    /// While `held`, acknowledgement calls wait (a slow commit); releasing lets them finish.
+    pub fn hold_acks(&self, held: bool) {
+        self.acks_held.store(held, Relaxed);
+        if !held {
+            self.acks_released.notify_waiters();
+        }
     }
 
     /// Offsets acknowledged so far, in acknowledgement order.
@@ -154,10 +171,21 @@ impl SourceReader for MemoryReader {
         }
     }
 
-    async fn ack(&mut self, acks: Vec<u64>) -> Result<(), ConnectorError> {
-        lock(&self.stream.acked).extend(acks);
-        self.stream.changed.notify_waiters();
-        Ok(())
+    fn ack(&mut self, acks: Vec<u64>) -> impl Future<Output = Result<(), ConnectorError>> + Send + 'static {
+        let stream = Arc::clone(&self.stream);
+        async move {
+            loop {
+                let released = stream.acks_released.notified();
+                if !stream.acks_held.load(Relaxed) {
+                    break;
+                }
+                released.await;
+            }
+            lock(&stream.ack_calls).push(acks.len());
+            lock(&stream.acked).extend(acks);
+            stream.changed.notify_waiters();
+            Ok(())
+        }
     }
 
     async fn dead_letter(&mut self, rejected: Vec<(Message, String)>) -> Result<(), ConnectorError> {

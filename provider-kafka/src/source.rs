@@ -2,6 +2,7 @@
 //! records the pipeline accepted (or dead-lettered) together with every record before them.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -177,24 +178,27 @@ impl SourceReader for KafkaReader {
         Ok(records)
     }
 
-    async fn ack(&mut self, acks: Vec<KafkaAck>) -> Result<(), ConnectorError> {
-        // Acknowledgements arrive in read order, so the last offset per partition is contiguous.
-        let mut next: BTreeMap<(Arc<str>, i32), i64> = BTreeMap::new();
-        for a in acks {
-            next.insert((a.topic, a.partition), a.offset + 1);
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in next {
-            tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
-                .map_err(ConnectorError::new)?;
-        }
-        // A synchronous commit (on a blocking thread): once `ack` returns, the offsets are
-        // stored by the group coordinator, so a crash redelivers only what was not acknowledged.
+    fn ack(&mut self, acks: Vec<KafkaAck>) -> impl Future<Output = Result<(), ConnectorError>> + Send + 'static {
         let consumer = Arc::clone(&self.consumer);
-        tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
-            .await
-            .map_err(ConnectorError::new)?
-            .map_err(|e| ConnectorError::msg(format!("commit failed: {e}")))
+        async move {
+            // Acknowledgements arrive in read order, so the last offset per partition is contiguous.
+            let mut next: BTreeMap<(Arc<str>, i32), i64> = BTreeMap::new();
+            for a in acks {
+                next.insert((a.topic, a.partition), a.offset + 1);
+            }
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), offset) in next {
+                tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
+                    .map_err(ConnectorError::new)?;
+            }
+            // A synchronous commit (on a blocking thread): once `ack` returns, the offsets are
+            // stored by the group coordinator, so a crash redelivers only what was not
+            // acknowledged. The runner reads and delivers on while it waits.
+            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+                .await
+                .map_err(ConnectorError::new)?
+                .map_err(|e| ConnectorError::msg(format!("commit failed: {e}")))
+        }
     }
 
     async fn dead_letter(&mut self, rejected: Vec<(Message, String)>) -> Result<(), ConnectorError> {

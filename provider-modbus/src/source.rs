@@ -7,6 +7,7 @@
 //! that block's tags `bad`.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -134,9 +135,9 @@ impl SourceReader for ModbusReader {
         Ok(self.pending.drain(..n).map(|m| Record::new(m, ())).collect())
     }
 
-    async fn ack(&mut self, _: Vec<()>) -> Result<(), ConnectorError> {
+    fn ack(&mut self, _: Vec<()>) -> impl Future<Output = Result<(), ConnectorError>> + Send + 'static {
         // A poll is a snapshot: nothing to acknowledge to the device.
-        Ok(())
+        std::future::ready(Ok(()))
     }
 
     async fn close(&mut self) {

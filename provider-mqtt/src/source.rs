@@ -1,6 +1,7 @@
 //! The MQTT source: a persistent session with manual acknowledgements, so the broker keeps every
 //! message the pipeline has not accepted yet and sends it again after a crash or reconnect.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -192,11 +193,14 @@ impl SourceReader for MqttReader {
         Ok(records)
     }
 
-    async fn ack(&mut self, acks: Vec<MqttAck>) -> Result<(), ConnectorError> {
-        for ack in acks.into_iter().filter(|a| a.qos != Qos::AtMostOnce) {
-            self.client.ack(ack.qos, ack.pkid).await.map_err(ConnectorError::msg)?;
+    fn ack(&mut self, acks: Vec<MqttAck>) -> impl Future<Output = Result<(), ConnectorError>> + Send + 'static {
+        let client = self.client.clone();
+        async move {
+            for ack in acks.into_iter().filter(|a| a.qos != Qos::AtMostOnce) {
+                client.ack(ack.qos, ack.pkid).await.map_err(ConnectorError::msg)?;
+            }
+            Ok(())
         }
-        Ok(())
     }
 
     async fn dead_letter(&mut self, rejected: Vec<(Message, String)>) -> Result<(), ConnectorError> {

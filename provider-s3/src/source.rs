@@ -8,6 +8,7 @@
 //! then are finished objects deleted or moved (`after_done`).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -216,7 +217,8 @@ impl sluice_provider_core::SourceReader for S3Reader {
         Ok(out)
     }
 
-    async fn ack(&mut self, acks: Vec<Ack>) -> Result<(), ConnectorError> {
+    fn ack(&mut self, acks: Vec<Ack>) -> impl Future<Output = Result<(), ConnectorError>> + Send + 'static {
+        // The checkpoint is updated here; the checkpointer task saves it.
         let version = {
             let mut p = lock(&self.progress);
             for ack in acks {
@@ -238,7 +240,7 @@ impl sluice_provider_core::SourceReader for S3Reader {
             p.version
         };
         self.changed.send_replace(version);
-        Ok(())
+        std::future::ready(Ok(()))
     }
 
     async fn close(&mut self) {
