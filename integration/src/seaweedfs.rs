@@ -96,6 +96,55 @@ impl S3Server {
     pub fn process(&self) -> &ServerProcess {
         &self.process
     }
+
+    /// A plain aws-sdk-s3 client of this server: path-style addressing, its credentials,
+    /// checksums only where S3 requires them.
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        use aws_sdk_s3::config::{
+            BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+        };
+        use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new(
+                &self.access_key_id,
+                &self.secret_access_key,
+                None,
+                None,
+                "test",
+            ))
+            .endpoint_url(self.endpoint())
+            .force_path_style(true)
+            .http_client(http)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    /// Creates `bucket`, retrying for up to 30 s; the error carries the server's log.
+    pub async fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        let client = self.client();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.create_bucket().bucket(bucket).send().await {
+                Ok(_) => return Ok(()),
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %aws_sdk_s3::error::DisplayErrorContext(&err), "create bucket");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => bail!(
+                    "cannot create bucket {bucket}: {}; seaweedfs log ends:\n{}",
+                    aws_sdk_s3::error::DisplayErrorContext(&err),
+                    self.process.log_tail(40)
+                ),
+            }
+        }
+    }
 }
 
 /// Waits until the master hands out a file id: a volume server has registered and a writable

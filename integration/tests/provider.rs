@@ -142,12 +142,8 @@ async fn a_hosted_provider_feeds_sinks_and_refuses_bad_links_by_name() {
     }
     assert_eq!(read(&out_a.with_extension("token-length")), secret.len().to_string());
     let status = provider.status().await.unwrap();
-    let refused_d = status
-        .refused
-        .iter()
-        .find(|r| r.component == "step-d")
-        .expect("step-d refused");
-    assert!(refused_d.error.contains("`token` is a secret"), "{}", refused_d.error);
+    let refused_d = status.refusal("step-d").expect("step-d refused");
+    assert!(refused_d.contains("`token` is a secret"), "{refused_d}");
     assert!(!provider.logs().contains(secret), "a secret reached the log");
     assert!(
         provider.logs().contains("Secret(<redacted>)"),

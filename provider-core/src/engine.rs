@@ -73,6 +73,17 @@ pub struct Status {
     pub refused: Vec<RefusedLink>,
 }
 
+impl Status {
+    /// Why the link from or to `component` was refused, if it was.
+    #[must_use]
+    pub fn refusal(&self, component: &str) -> Option<&str> {
+        self.refused
+            .iter()
+            .find(|r| r.component == component)
+            .map(|r| r.error.as_str())
+    }
+}
+
 impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
     /// An engine with no links, for a provider made of `source` and `sink`.
     pub fn new(source: S, sink: K) -> Self {

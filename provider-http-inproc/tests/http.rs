@@ -160,15 +160,10 @@ async fn a_thousand_links_share_one_listener_and_routing_is_deterministic() {
     let colliding = route("intruder", &[("path", "/o/deep/")]);
     ingress.provider.put_link(colliding.clone()).await.unwrap();
     let status = ingress.provider.status().await.unwrap();
-    let refused = status
-        .refused
-        .iter()
-        .find(|r| r.component == "intruder")
-        .expect("the colliding link is refused");
+    let refused = status.refusal("intruder").expect("the colliding link is refused");
     assert!(
-        refused.error.contains("component `intruder`") && refused.error.contains("component `step-0998`"),
-        "{}",
-        refused.error
+        refused.contains("component `intruder`") && refused.contains("component `step-0998`"),
+        "{refused}"
     );
     let health = ingress.provider.health().await.unwrap();
     assert!(

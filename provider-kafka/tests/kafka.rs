@@ -423,12 +423,8 @@ async fn bad_brokers_and_topics_are_refused_by_name_while_others_run() {
             .await
             .unwrap();
         let status = s.provider.status().await.unwrap();
-        let refused = status.refused.iter().find(|r| r.component == *id).expect("refused");
-        assert!(
-            refused.error.contains(needle) && refused.error.contains(id),
-            "{}",
-            refused.error
-        );
+        let refused = status.refusal(id).expect("refused");
+        assert!(refused.contains(needle) && refused.contains(id), "{refused}");
     }
     // A sink link to a missing topic is refused the same way.
     let sink = [("bootstrap_servers", bootstrap.as_str()), ("topic", "absent")];
@@ -437,12 +433,8 @@ async fn bad_brokers_and_topics_are_refused_by_name_while_others_run() {
         .await
         .unwrap();
     let status = s.provider.status().await.unwrap();
-    let refused = status
-        .refused
-        .iter()
-        .find(|r| r.component == "writer-x")
-        .expect("sink refused");
-    assert!(refused.error.contains("`absent` does not exist"), "{}", refused.error);
+    let refused = status.refusal("writer-x").expect("sink refused");
+    assert!(refused.contains("`absent` does not exist"), "{refused}");
     produce(&bootstrap, "fine", "f", 10, 1).await;
     assert!(
         step.wait_for(Duration::from_secs(30), |c| c.accepted().len() == 10)

@@ -620,12 +620,9 @@ address = 0
     let status = provider.status().await.unwrap();
     let refusal = |component: &str| {
         status
-            .refused
-            .iter()
-            .find(|r| r.component == component)
+            .refusal(component)
             .unwrap_or_else(|| panic!("{component} not refused: {status:?}"))
-            .error
-            .clone()
+            .to_string()
     };
     let e = refusal("bad-source");
     for needle in [

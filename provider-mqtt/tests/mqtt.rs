@@ -319,19 +319,14 @@ async fn tls_and_passwords_work_and_bad_links_are_refused_by_name() {
             .await
             .unwrap();
         let status = s.provider.status().await.unwrap();
-        let refused = status.refused.iter().find(|r| r.component == id).expect("refused");
-        assert!(refused.error.contains(&format!("`{key}`")), "{}", refused.error);
+        let refused = status.refusal(id).expect("refused");
+        assert!(refused.contains(&format!("`{key}`")), "{refused}");
     }
     let status = s.provider.status().await.unwrap();
-    let wrong = status
-        .refused
-        .iter()
-        .find(|r| r.component == "step-wrong")
-        .expect("wrong password refused");
+    let wrong = status.refusal("step-wrong").expect("wrong password refused");
     assert!(
-        wrong.error.contains("step-wrong") && wrong.error.contains("cannot connect"),
-        "{}",
-        wrong.error
+        wrong.contains("step-wrong") && wrong.contains("cannot connect"),
+        "{wrong}"
     );
     assert_eq!(status.links.len(), 1, "only the TLS link runs: {status:?}");
 

@@ -535,12 +535,9 @@ async fn wrong_credentials_or_a_missing_bucket_refuse_the_link_and_others_run_on
     let status = provider.status().await.unwrap();
     let error = |component: &str| {
         status
-            .refused
-            .iter()
-            .find(|r| r.component == component)
+            .refusal(component)
             .unwrap_or_else(|| panic!("{component} not refused: {status:?}"))
-            .error
-            .clone()
+            .to_string()
     };
     let creds = error("step-creds");
     assert!(

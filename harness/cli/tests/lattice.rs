@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use common::fixtures::{example, Lang};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -79,40 +78,6 @@ fn mqtt_to_s3(name: &str, lattice: &str, mqtt: &Mosquitto, s3: &S3Server, topic:
 fn swap_sink_to_kafka(spec: &str, bootstrap: &str, topic: &str) -> String {
     let head = &spec[..spec.find("\nsink:\n").expect("sink block")];
     format!("{head}\nsink:\n  provider: kafka\n  config:\n    bootstrap_servers: {bootstrap}\n    topic: {topic}\n")
-}
-
-fn s3_client(s3: &S3Server) -> aws_sdk_s3::Client {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            &s3.access_key_id,
-            &s3.secret_access_key,
-            None,
-            None,
-            "test",
-        ))
-        .endpoint_url(s3.endpoint())
-        .force_path_style(true)
-        .http_client(http)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
-async fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while let Err(err) = client.create_bucket().bucket(bucket).send().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "create bucket {bucket}: {err:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Every JSON line of every object in `bucket`: the mapped records, by device id (with counts,
@@ -255,8 +220,8 @@ async fn mqtt_to_s3_then_the_sink_swapped_to_kafka_with_the_same_step() {
         S3Server::start().unwrap(),
         KafkaBroker::start().unwrap(),
     );
-    let client = s3_client(&s3);
-    create_bucket(&client, "sensors").await;
+    let client = s3.client();
+    s3.create_bucket("sensors").await.unwrap();
     let mut lattice = LocalLattice::start(None).await.unwrap();
     lattice.add_host("customer-a").await.unwrap();
     lattice
@@ -331,9 +296,9 @@ async fn two_customers_on_two_lattices_are_isolated() {
     let _permit = LATTICES.acquire().await.unwrap();
     let (par, dir) = (archives().await, pipeline_dir());
     let (mqtt, s3) = (Mosquitto::start().unwrap(), S3Server::start().unwrap());
-    let client = s3_client(&s3);
-    create_bucket(&client, "bucket-a").await;
-    create_bucket(&client, "bucket-b").await;
+    let client = s3.client();
+    s3.create_bucket("bucket-a").await.unwrap();
+    s3.create_bucket("bucket-b").await.unwrap();
     // One nats-server, one wadm, one process; a host per lattice.
     let mut lattice = LocalLattice::start(None).await.unwrap();
     lattice.add_host("customer-a").await.unwrap();
@@ -411,9 +376,9 @@ async fn undeploying_a_pipeline_drains_its_links_while_the_shared_provider_serve
     let _permit = LATTICES.acquire().await.unwrap();
     let (par, dir) = (archives().await, pipeline_dir());
     let (mqtt, s3) = (Mosquitto::start().unwrap(), S3Server::start().unwrap());
-    let client = s3_client(&s3);
-    create_bucket(&client, "first").await;
-    create_bucket(&client, "second").await;
+    let client = s3.client();
+    s3.create_bucket("first").await.unwrap();
+    s3.create_bucket("second").await.unwrap();
     let mut lattice = LocalLattice::start(None).await.unwrap();
     lattice.add_host("plant").await.unwrap();
     // The credentials are the shared S3 provider's, so not tied to one pipeline.
@@ -520,8 +485,8 @@ async fn sluice_run_deploys_to_an_existing_lattice_and_undeploys_on_ctrl_c() {
     let _permit = LATTICES.acquire().await.unwrap();
     let (par, dir) = (archives().await, pipeline_dir());
     let (mqtt, s3) = (Mosquitto::start().unwrap(), S3Server::start().unwrap());
-    let client = s3_client(&s3);
-    create_bucket(&client, "existing").await;
+    let client = s3.client();
+    s3.create_bucket("existing").await.unwrap();
     // Someone else's lattice: a host, wadm and a secrets backend already running.
     let mut lattice = LocalLattice::start(None).await.unwrap();
     lattice.add_host("customer-e").await.unwrap();

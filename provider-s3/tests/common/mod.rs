@@ -6,7 +6,6 @@
 use std::io::Read as _;
 use std::time::Duration;
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use sluice_integration::host::Link;
 use sluice_integration::seaweedfs::S3Server;
 use sluice_integration::servers::NatsServer;
@@ -25,27 +24,13 @@ impl Env {
         sluice_integration::init_tracing();
         let nats = NatsServer::start().unwrap();
         let s3 = S3Server::start().unwrap();
-        let client = plain_client(&s3.endpoint(), &s3.access_key_id, &s3.secret_access_key);
+        let client = s3.client();
         Self { nats, s3, client }
     }
 
     /// Creates `bucket`, waiting for the server to be ready.
     pub async fn bucket(&self, bucket: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            match self.client.create_bucket().bucket(bucket).send().await {
-                Ok(_) => return,
-                Err(err) if tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(?err, "create bucket");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(err) => panic!(
-                    "cannot create bucket {bucket}: {}\n{}",
-                    aws_sdk_s3::error::DisplayErrorContext(&err),
-                    self.s3.process().log()
-                ),
-            }
-        }
+        self.s3.create_bucket(bucket).await.unwrap();
     }
 
     /// A link config for the provider's end, pointing at the test server.
@@ -137,25 +122,6 @@ impl Env {
             .unwrap();
         listed.uploads().len()
     }
-}
-
-pub fn plain_client(endpoint: &str, key: &str, secret: &str) -> aws_sdk_s3::Client {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(key, secret, None, None, "test"))
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .http_client(http)
-        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
 }
 
 /// Peak resident memory of a process, sampled every 20 ms until the returned sender is dropped.
