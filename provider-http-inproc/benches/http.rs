@@ -4,12 +4,12 @@
 //! provider's RSS; asserts nothing.
 //!
 //! `cargo bench -p sluice-provider-http-inproc --bench http`
-//! (`BENCH_SECONDS`, `BENCH_CONNECTIONS` and `BENCH_HTTP_THREADS` change the run's length, wrk's
-//! connections and the provider's `http_threads`.)
+//! (`BENCH_SECONDS`, `BENCH_CONNECTIONS` and `BENCH_HTTP_THREADS` change each run's length, the
+//! wrk connection counts to run at, comma-separated (default `64,96,128`: a throughput-latency
+//! curve), and the provider's `http_threads`.)
 
 use std::convert::Infallible;
 use std::process::Command;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
@@ -135,10 +135,11 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    let connections: u64 = std::env::var("BENCH_CONNECTIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(64);
+    let sweep: Vec<u64> = std::env::var("BENCH_CONNECTIONS")
+        .unwrap_or_else(|_| "64,96,128".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
     let dir = temp_dir("http-bench")?;
     let script = dir.join("post.lua");
     std::fs::write(
@@ -151,8 +152,11 @@ async fn main() -> anyhow::Result<()> {
 
     let plain_port = plain_server().await;
     let plain_url = format!("http://127.0.0.1:{plain_port}");
-    wrk(&plain_url, &script, 2, connections);
-    let plain = wrk(&plain_url, &script, seconds, connections);
+    let mut plain = Vec::new();
+    for &connections in &sweep {
+        wrk(&plain_url, &script, 2, connections);
+        plain.push(wrk(&plain_url, &script, seconds, connections));
+    }
 
     let nats = NatsServer::start()?;
     let lattice = nats.connect().await?;
@@ -181,52 +185,43 @@ async fn main() -> anyhow::Result<()> {
     }
     provider.put_links(links).await?;
     let url = format!("http://127.0.0.1:{port}");
-    wrk(&url, &script, 2, connections);
-    let before: usize = steps.iter().map(FakeComponent::accepted_count).sum();
     let provider_pid = provider.pid().map(|p| p.to_string()).unwrap_or_default();
-    let cpu_before = (cpu_seconds(&provider_pid), cpu_seconds("self"));
-    let through = wrk(&url, &script, seconds, connections);
-    let cpu = (
-        cpu_seconds(&provider_pid) - cpu_before.0,
-        cpu_seconds("self") - cpu_before.1,
-    );
-    let delivered: usize = steps.iter().map(FakeComponent::accepted_count).sum::<usize>() - before;
-    let rss = provider.rss_kib().unwrap_or(0);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
     println!(
-        "wrk -t2 -c{connections} -d{seconds}s, POSTs of {} B spread over {ROUTES} routes, one machine (2 shared cores)",
+        "wrk -t2 -d{seconds}s at each connection count, POSTs of {} B spread over {ROUTES} routes, one machine (2 shared cores)",
         BODY.len()
     );
     println!(
-        "{:<52} {:>10} {:>9} {:>9} {:>7}",
-        "path", "req/s", "p50", "p99", "ratio"
+        "{:>5}  {:>10} {:>9} {:>9}  {:>10} {:>9} {:>9} {:>7}  {:>9} {:>9}",
+        "conns", "plain/s", "p50", "p99", "provider/s", "p50", "p99", "ratio", "prov CPU", "comp CPU"
     );
+    for (&connections, plain) in sweep.iter().zip(&plain) {
+        wrk(&url, &script, 2, connections);
+        let cpu_before = (cpu_seconds(&provider_pid), cpu_seconds("self"));
+        let through = wrk(&url, &script, seconds, connections);
+        let cpu = (
+            cpu_seconds(&provider_pid) - cpu_before.0,
+            cpu_seconds("self") - cpu_before.1,
+        );
+        println!(
+            "{connections:>5}  {:>10} {:>9} {:>9}  {:>10} {:>9} {:>9} {:>6.2}x  {:>8.1}s {:>8.1}s {}{}",
+            fmt_rate(plain.requests_per_s),
+            plain.p50,
+            plain.p99,
+            fmt_rate(through.requests_per_s),
+            through.p50,
+            through.p99,
+            through.requests_per_s / plain.requests_per_s.max(1.0),
+            cpu.0,
+            cpu.1,
+            plain.errors,
+            through.errors
+        );
+    }
+    let delivered: usize = steps.iter().map(FakeComponent::accepted_count).sum();
+    let rss = provider.rss_kib().unwrap_or(0);
     println!(
-        "{:<52} {:>10} {:>9} {:>9} {:>6.2}x {}",
-        "plain hyper server, answers in-process",
-        fmt_rate(plain.requests_per_s),
-        plain.p50,
-        plain.p99,
-        1.0,
-        plain.errors
-    );
-    println!(
-        "{:<52} {:>10} {:>9} {:>9} {:>6.2}x {}",
-        "provider -> NATS -> component (1,000 links)",
-        fmt_rate(through.requests_per_s),
-        through.p50,
-        through.p99,
-        through.requests_per_s / plain.requests_per_s.max(1.0),
-        through.errors
-    );
-    println!(
-        "records accepted by the components during the run: {delivered}; provider RSS {:.1} MiB",
+        "records accepted by the components in all: {delivered}; provider RSS {:.1} MiB; CPU over each {seconds} s run: the provider's, and the bench process's (1,000 components)",
         rss as f64 / 1024.0
-    );
-    println!(
-        "CPU during the provider run: provider {:.1} s, components + bench process {:.1} s, over {seconds} s",
-        cpu.0, cpu.1
     );
     let status = provider.status().await?;
     let retried: u64 = status.links.iter().map(|l| l.metrics.retried).sum();
