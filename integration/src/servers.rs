@@ -350,6 +350,37 @@ pub fn make_certificates(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Adds the index Tansu 0.6's sqlite schema lacks: every fetched record looks up its headers by
+/// `(topition, offset_id)`, and without it each lookup scans the whole `header` table, so fetches,
+/// commits and heartbeats slow down as a topic grows (past ~40,000 records they time out).
+fn index_headers(tansu: &ServerProcess) -> anyhow::Result<()> {
+    const INDEX_HEADERS: &str = r#"
+import sqlite3, sys, time
+err = None
+for _ in range(100):
+    try:
+        db = sqlite3.connect("tansu.db", timeout=10)
+        db.execute("create index if not exists header_by_record on header (topition, offset_id)")
+        db.commit()
+        sys.exit(0)
+    except sqlite3.OperationalError as e:
+        err = e
+        time.sleep(0.1)
+sys.exit(f"tansu.db: {err}")
+"#;
+    let output = Command::new("python3")
+        .args(["-c", INDEX_HEADERS])
+        .current_dir(tansu.dir())
+        .output()
+        .context("failed to run python3")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "cannot index Tansu's header table: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
 /// Tansu, a Kafka-protocol broker, with its sqlite storage engine (offsets survive restarts).
 #[derive(Debug)]
 pub struct KafkaBroker {
@@ -390,6 +421,7 @@ impl KafkaBroker {
         ]);
         let mut process = ServerProcess::spawn("tansu", command, dir)?;
         process.wait_for_port(port, Duration::from_secs(20))?;
+        index_headers(&process)?;
         Ok(Self { process, port })
     }
 
