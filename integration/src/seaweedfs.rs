@@ -147,6 +147,12 @@ impl S3Server {
     }
 }
 
+/// The bytes of object `key` in `bucket`, as stored.
+pub async fn object(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> anyhow::Result<bytes::Bytes> {
+    let response = client.get_object().bucket(bucket).key(key).send().await?;
+    Ok(response.body.collect().await?.into_bytes())
+}
+
 /// Waits until the master hands out a file id: a volume server has registered and a writable
 /// volume exists, so an S3 `PutObject` will not wait on volume growth.
 fn wait_writable(process: &ServerProcess, master: u16, within: Duration) -> anyhow::Result<()> {

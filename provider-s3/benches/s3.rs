@@ -15,6 +15,7 @@ use common::{Env, BINARY, PROVIDER};
 use futures::StreamExt as _;
 use sluice_integration::component::FakeComponent;
 use sluice_integration::host::HostedProvider;
+use sluice_integration::seaweedfs::object;
 use sluice_provider_core::{Failure, Message};
 
 const RECORD: usize = 1024;
@@ -135,19 +136,8 @@ async fn raw_source(env: &Env) -> (Duration, usize) {
     let started = Instant::now();
     let mut lines = 0;
     for (key, _) in env.list("bench", "src/").await {
-        let body = env
-            .client
-            .get_object()
-            .bucket("bench")
-            .key(&key)
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap();
-        lines += body.into_bytes().iter().filter(|b| **b == b'\n').count();
+        let body = object(&env.client, "bench", &key).await.unwrap();
+        lines += body.iter().filter(|b| **b == b'\n').count();
     }
     (started.elapsed(), lines)
 }

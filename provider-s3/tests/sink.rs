@@ -9,6 +9,7 @@ use common::{Env, BINARY, PROVIDER};
 use futures::StreamExt as _;
 use sluice_integration::component::FakeComponent;
 use sluice_integration::host::HostedProvider;
+use sluice_integration::seaweedfs::object;
 use sluice_provider_core::{Failure, Message};
 
 /// A record of the partition test: hour 13 or 14 of 2024-02-29, key a/b, tenant acme/globex.
@@ -234,19 +235,7 @@ async fn partitions_formats_and_every_roll_policy() {
         }
         let listed = env.list("sink-test", &format!("{name}/")).await;
         assert_eq!(listed.len(), 1);
-        let body = env
-            .client
-            .get_object()
-            .bucket("sink-test")
-            .key(&listed[0].0)
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .to_vec();
+        let body = object(&env.client, "sink-test", &listed[0].0).await.unwrap();
         let plain = if compression == "gzip" {
             let mut out = Vec::new();
             std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut out).unwrap();

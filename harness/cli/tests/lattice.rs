@@ -87,18 +87,10 @@ async fn s3_records(client: &aws_sdk_s3::Client, bucket: &str) -> BTreeMap<Strin
     let listed = client.list_objects_v2().bucket(bucket).send().await.unwrap();
     for object in listed.contents() {
         let key = object.key().unwrap();
-        let body = client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
+        let body = sluice_integration::seaweedfs::object(client, bucket, key)
             .await
             .unwrap();
-        for line in String::from_utf8(body.to_vec()).unwrap().lines() {
+        for line in std::str::from_utf8(&body).unwrap().lines() {
             let line: Value = serde_json::from_str(line).unwrap();
             let payload: Value = serde_json::from_str(line["payload"].as_str().unwrap()).unwrap();
             *out.entry(payload["device_id"].as_str().unwrap().to_string())

@@ -7,7 +7,7 @@ use std::io::Read as _;
 use std::time::Duration;
 
 use sluice_integration::host::Link;
-use sluice_integration::seaweedfs::S3Server;
+use sluice_integration::seaweedfs::{object, S3Server};
 use sluice_integration::servers::NatsServer;
 
 pub const PROVIDER: &str = "sluice-provider-s3";
@@ -86,19 +86,7 @@ impl Env {
 
     /// An object's bytes, decompressed by its extension (`.gz`, `.zst`).
     pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
-        let body = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .to_vec();
+        let body = object(&self.client, bucket, key).await.unwrap().to_vec();
         if key.ends_with(".gz") {
             let mut out = Vec::new();
             flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out).unwrap();
