@@ -21,7 +21,7 @@ use sluice_provider_core::{
 pub struct FileSource;
 
 /// Config of a [`FileSource`] link.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FileSourceConfig {
     input: PathBuf,
     checkpoint: PathBuf,
@@ -107,7 +107,7 @@ impl SourceReader for FileReader {
 pub struct FileSink;
 
 /// Config of a [`FileSink`] link.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FileSinkConfig {
     output: PathBuf,
     token: Option<Secret>,

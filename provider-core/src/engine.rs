@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::ConfigReader;
-use crate::link::{LinkError, LinkErrorReason, LinkKey, LinkSpec, Role};
+use crate::link::{open_with_retry, LinkError, LinkErrorReason, LinkKey, LinkSpec, Role};
 use crate::metrics::{LinkMetrics, MetricsSnapshot};
 use crate::sink::{SinkConnector, SinkLink, SinkSettings};
 use crate::source::{Ingest, LinkStart, RunnerSettings, SourceSide};
@@ -200,9 +200,7 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             .parse_config(&reader_config)
             .map_err(|e| self.refuse(Role::Sink, &key, e.into()))?;
         Self::warn_unread(Role::Sink, &key, &reader_config);
-        let writer = self
-            .sink
-            .open(&key, config)
+        let writer = open_with_retry(&key, Role::Sink, || self.sink.open(&key, config.clone()))
             .await
             .map_err(|e| self.refuse(Role::Sink, &key, LinkErrorReason::Open(e)))?;
         let link = Arc::new(SinkLink {

@@ -46,19 +46,54 @@ pub use source::{Ingest, LinkStart, Record, RunnerSettings, SourceConnector, Sou
 pub const PIPELINE_WIT: &str = include_str!("../../wit/pipeline.wit");
 
 /// An error from a connector's system (connection refused, authentication failed, write failed).
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct ConnectorError(Box<dyn std::error::Error + Send + Sync + 'static>);
+///
+/// A connector marks an error [`transient`](Self::transient) when trying again may succeed (a
+/// server busy or briefly unreachable); the engine then retries opening the link a few times with
+/// backoff before it refuses the link.
+#[derive(Debug)]
+pub struct ConnectorError {
+    error: Box<dyn std::error::Error + Send + Sync + 'static>,
+    transient: bool,
+}
 
 impl ConnectorError {
-    /// Wraps any error.
+    /// Wraps any error, to be reported as it is.
     pub fn new(err: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
-        Self(err.into())
+        Self {
+            error: err.into(),
+            transient: false,
+        }
+    }
+
+    /// Wraps an error that may go away if the operation is tried again.
+    pub fn transient(err: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self {
+            error: err.into(),
+            transient: true,
+        }
     }
 
     /// An error from a message.
     pub fn msg(message: impl std::fmt::Display) -> Self {
-        Self(message.to_string().into())
+        Self::new(message.to_string())
+    }
+
+    /// Whether trying again may succeed.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
+impl std::fmt::Display for ConnectorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for ConnectorError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
     }
 }
 

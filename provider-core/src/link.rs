@@ -2,9 +2,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::backoff::Backoff;
 use crate::config::{ConfigError, Secret};
 use crate::ConnectorError;
 
@@ -104,4 +107,78 @@ pub enum LinkErrorReason {
     /// This provider has no such role (e.g. a source-only provider linked as a sink).
     #[error("this provider cannot act as a {0}")]
     Unsupported(Role),
+}
+
+/// How many times a link is opened before a transient error refuses it.
+const OPEN_ATTEMPTS: u32 = 5;
+
+/// Delays between those attempts: about 7 s in all before the last one.
+const OPEN_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(500),
+    max: Duration::from_secs(4),
+};
+
+/// Runs `open` until it succeeds, fails for good, or has failed [`OPEN_ATTEMPTS`] times with a
+/// [transient](ConnectorError::is_transient) error (a server still starting, a busy endpoint).
+pub(crate) async fn open_with_retry<T, F, Fut>(key: &LinkKey, role: Role, mut open: F) -> Result<T, ConnectorError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ConnectorError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match open().await {
+            Err(error) if error.is_transient() && attempt < OPEN_ATTEMPTS => {
+                let delay = OPEN_BACKOFF.delay(attempt);
+                tracing::warn!(%key, %role, %error, attempt, ?delay, "could not open the link yet, trying again");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// Opens with `open`, counting its calls.
+    async fn open_counting(fail: impl Fn(u32) -> Option<ConnectorError>) -> (Result<(), ConnectorError>, u32) {
+        let calls = AtomicU32::new(0);
+        let key = LinkKey::new("component", "link");
+        let result = open_with_retry(&key, Role::Sink, || {
+            let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let outcome = fail(call).map_or(Ok(()), Err);
+            async move { outcome }
+        })
+        .await;
+        (result, calls.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_transient_error_is_tried_again_until_the_link_opens() {
+        let (result, calls) =
+            open_counting(|call| (call < 3).then(|| ConnectorError::transient("503 Service Unavailable"))).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(calls, 3);
+    }
+
+    #[tokio::test]
+    async fn a_permanent_error_refuses_at_once() {
+        let (result, calls) = open_counting(|_| Some(ConnectorError::msg("NoSuchBucket"))).await;
+        assert_eq!(result.unwrap_err().to_string(), "NoSuchBucket");
+        assert_eq!(calls, 1);
+    }
+
+    #[tokio::test]
+    async fn a_lasting_transient_error_refuses_after_the_last_attempt() {
+        let (result, calls) = open_counting(|_| Some(ConnectorError::transient("connection refused"))).await;
+        let error = result.unwrap_err();
+        assert!(error.is_transient());
+        assert_eq!(error.to_string(), "connection refused");
+        assert_eq!(calls, OPEN_ATTEMPTS);
+    }
 }

@@ -13,8 +13,8 @@ use crate::{ConnectorError, Failure, Message};
 
 /// A sink system, as a connector sees it: how to read a link's config and open a writer.
 pub trait SinkConnector: Send + Sync + 'static {
-    /// The connector's typed config for one link.
-    type Config: Send + 'static;
+    /// The connector's typed config for one link (cloned when opening is tried again).
+    type Config: Clone + Send + Sync + 'static;
     /// Writes one link's batches.
     type Writer: SinkWriter;
 

@@ -15,14 +15,14 @@ use tracing::{debug, error, info_span, warn, Instrument as _};
 
 use crate::backoff::Backoff;
 use crate::config::{ConfigError, ConfigReader};
-use crate::link::{LinkErrorReason, LinkKey};
+use crate::link::{open_with_retry, LinkErrorReason, LinkKey, Role};
 use crate::metrics::{InFlight, LinkMetrics};
 use crate::{ConnectorError, Failure, Message};
 
 /// A source system, as a connector sees it: how to read a link's config and open a reader.
 pub trait SourceConnector: Send + Sync + 'static {
-    /// The connector's typed config for one link.
-    type Config: Send + 'static;
+    /// The connector's typed config for one link (cloned when opening is tried again).
+    type Config: Clone + Send + Sync + 'static;
     /// Reads one link's records.
     type Reader: SourceReader;
 
@@ -607,7 +607,9 @@ impl<S: SourceConnector> SourceSide for S {
         config: Self::Config,
         l: LinkStart<I>,
     ) -> Result<futures::future::BoxFuture<'static, ()>, LinkErrorReason> {
-        let reader = self.open(&l.link, config).await.map_err(LinkErrorReason::Open)?;
+        let reader = open_with_retry(&l.link, Role::Source, || self.open(&l.link, config.clone()))
+            .await
+            .map_err(LinkErrorReason::Open)?;
         Ok(Box::pin(run_source(
             l.link, reader, l.ingest, l.settings, l.metrics, l.stop,
         )))

@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use sluice_provider_core::{ConfigError, ConfigReader, Secret};
+use sluice_provider_core::{ConfigError, ConfigReader, ConnectorError, Secret};
 
 /// Where and as whom a link talks to S3. Read from the link config and secrets.
 #[derive(Debug, Clone)]
@@ -119,15 +120,15 @@ pub struct S3Error {
 
 impl S3Error {
     /// Describes `err` from `operation` on `bucket`.
-    pub fn new<E, R>(operation: &'static str, bucket: &str, err: SdkError<E, R>) -> Self
+    pub fn new<E>(operation: &'static str, bucket: &str, err: SdkError<E, HttpResponse>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
     {
         let (detail, permanent) = match &err {
             SdkError::ServiceError(service) => {
                 let e = service.err();
-                let code = e.code().unwrap_or("unknown error");
+                let status = service.raw().status().as_u16();
+                let code = e.code().unwrap_or_default();
                 let hint = match code {
                     "NoSuchBucket" => " (the bucket does not exist)",
                     "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied" => {
@@ -135,10 +136,17 @@ impl S3Error {
                     }
                     _ => "",
                 };
-                let permanent = matches!(
-                    code,
-                    "NoSuchBucket" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied"
-                );
+                // Without an S3 error code, the status says whether asking again can help.
+                let permanent = match code {
+                    "NoSuchBucket" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied" => true,
+                    "" => (400..500).contains(&status) && !matches!(status, 408 | 429),
+                    _ => false,
+                };
+                let code = if code.is_empty() {
+                    format!("HTTP {status} without an S3 error code")
+                } else {
+                    code.to_string()
+                };
                 let message = e.message().map(|m| format!(": {m}")).unwrap_or_default();
                 (format!("{code}{hint}{message}"), permanent)
             }
@@ -153,6 +161,17 @@ impl S3Error {
             bucket: bucket.to_string(),
             detail,
             permanent,
+        }
+    }
+}
+
+impl From<S3Error> for ConnectorError {
+    /// A permanent error refuses the link; any other is tried again by the engine first.
+    fn from(err: S3Error) -> Self {
+        if err.permanent {
+            Self::new(err)
+        } else {
+            Self::transient(err)
         }
     }
 }

@@ -46,9 +46,7 @@ impl SourceConnector for S3Source {
 
     async fn open(&self, link: &LinkKey, config: SourceConfig) -> Result<S3Reader, ConnectorError> {
         let client = config.client.client();
-        check_bucket(&client, &config.client.bucket)
-            .await
-            .map_err(ConnectorError::new)?;
+        check_bucket(&client, &config.client.bucket).await?;
         let store = match &config.checkpoint_file {
             Some(path) => CheckpointStore::File(path.into()),
             None => CheckpointStore::Object {
@@ -78,9 +76,7 @@ impl SinkConnector for S3Sink {
     async fn open(&self, link: &LinkKey, config: SinkConfig) -> Result<S3Writer, ConnectorError> {
         let template = KeyTemplate::parse("key_template", &config.template, link).map_err(ConnectorError::new)?;
         let client = config.client.client();
-        check_bucket(&client, &config.client.bucket)
-            .await
-            .map_err(ConnectorError::new)?;
+        check_bucket(&client, &config.client.bucket).await?;
         S3Writer::new(client, config, template, link.clone()).map_err(ConnectorError::new)
     }
 }
