@@ -16,7 +16,7 @@ use common::fixtures::{example, Lang};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use rdkafka::{ClientConfig, Message as _};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use serde_json::Value;
 use sluice_cli::compose::{compose, ComposeOptions};
 use sluice_deploy::local::LocalLattice;
@@ -165,16 +165,18 @@ async fn create_topic(bootstrap: &str, topic: &str) {
     }
 }
 
-/// Reads `topic` from the start until every one of `wanted` arrived (or time runs out).
+/// Reads `topic` (one partition, made by [`create_topic`]) from the start until every one of
+/// `wanted` arrived (or time runs out). Assigned, not subscribed: no consumer group to join.
 async fn kafka_records(bootstrap: &str, topic: &str, wanted: &[String]) -> BTreeMap<String, usize> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "lattice-test-reader")
-        .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let mut partitions = TopicPartitionList::new();
+    partitions.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    consumer.assign(&partitions).unwrap();
     let mut got = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + WAIT;
     while !wanted.iter().all(|w| got.contains_key(w)) && tokio::time::Instant::now() < deadline {
