@@ -316,10 +316,11 @@ async fn a_slow_acknowledgement_does_not_hold_up_delivery_and_the_next_call_take
             .await
     );
     assert_eq!(stream.acked()[..40], (0..40).collect::<Vec<u64>>()[..]);
+    // The first call was issued for the first batch alone or, when the runner came to it only
+    // after all four had finished, for all of them; either way the first 40 take at most two.
     let calls = stream.ack_calls();
-    assert_eq!(
-        calls[0] + calls[1],
-        40,
+    assert!(
+        calls[0] == 40 || (calls.len() > 1 && calls[0] + calls[1] == 40),
         "the batches released during the first call share the second: {calls:?}"
     );
     assert!(
