@@ -444,7 +444,15 @@ async fn deleting_a_link_drains_and_acks_in_flight_work() {
             .wait_for(Duration::from_secs(10), |c| c.in_flight() == 3)
             .await
     );
-    assert!(s.engine.delete_source_link(&key).await);
+    let (deleted, listed_while_draining) = tokio::join!(s.engine.delete_source_link(&key), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.engine.status().links.len()
+    });
+    assert!(deleted);
+    assert_eq!(
+        listed_while_draining, 1,
+        "the status lists a draining link: its runner still delivers"
+    );
     assert_eq!(
         component.in_flight(),
         0,

@@ -34,6 +34,9 @@ pub struct Engine<S: SourceSide, K: SinkConnector> {
     source: S,
     sink: K,
     sources: Mutex<HashMap<LinkKey, SourceLink>>,
+    /// Deleted source links whose runner is still finishing its in-flight batches; listed in
+    /// [`Engine::status`] until it has stopped, so that "gone from the status" means "reads no more".
+    stopping: Mutex<HashMap<LinkKey, Arc<LinkMetrics>>>,
     sinks: RwLock<HashMap<LinkKey, Arc<SinkLink<K::Writer>>>>,
     refused: Mutex<BTreeMap<(Role, LinkKey), String>>,
 }
@@ -91,6 +94,7 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             source,
             sink,
             sources: Mutex::default(),
+            stopping: Mutex::default(),
             sinks: RwLock::default(),
             refused: Mutex::default(),
         }
@@ -174,13 +178,20 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
     /// and are acknowledged. Returns once the link has stopped; `false` if there was no such link.
     pub async fn delete_source_link(&self, key: &LinkKey) -> bool {
         lock(&self.refused).remove(&(Role::Source, key.clone()));
-        let Some(link) = lock(&self.sources).remove(key) else {
-            return false;
+        let link = {
+            // Moved under the lock, so a status never misses it (the same order as `status`).
+            let mut sources = lock(&self.sources);
+            let Some(link) = sources.remove(key) else {
+                return false;
+            };
+            lock(&self.stopping).insert(key.clone(), Arc::clone(&link.metrics));
+            link
         };
         link.stop.cancel();
         if let Err(err) = link.task.await {
             error!(component = %key.component, link = %key.name, %err, "source link task failed");
         }
+        lock(&self.stopping).remove(key);
         info!(component = %key.component, link = %key.name, "source link stopped");
         true
     }
@@ -264,6 +275,11 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         let mut links: Vec<LinkStatus> = lock(&self.sources)
             .iter()
             .map(|(k, l)| (Role::Source, k, l.metrics.snapshot()))
+            .chain(
+                lock(&self.stopping)
+                    .iter()
+                    .map(|(k, metrics)| (Role::Source, k, metrics.snapshot())),
+            )
             .chain(
                 read_lock(&self.sinks)
                     .iter()
