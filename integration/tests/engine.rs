@@ -307,6 +307,11 @@ async fn a_slow_acknowledgement_does_not_hold_up_delivery_and_the_next_call_take
         stream.polled()
     );
     assert_eq!(stream.ack_calls(), Vec::<usize>::new());
+    assert_eq!(
+        stream.released(),
+        (0..40).collect::<Vec<u64>>(),
+        "the reader is told of every finished record while their acknowledgement waits"
+    );
     // Released, the hung call finishes and one more call acknowledges every batch that finished
     // meanwhile (a call per batch would make four), in read order; then the rest flows.
     stream.hold_acks(false);

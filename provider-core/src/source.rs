@@ -91,6 +91,15 @@ pub trait SourceReader: Send + 'static {
     /// read after those of the call before it.
     fn ack(&mut self, acks: Vec<Self::Ack>) -> impl Future<Output = Result<(), ConnectorError>> + Send + 'static;
 
+    /// Told of records the moment they are released for acknowledgement, in read order, before
+    /// the [`ack`](Self::ack) call that covers them (which waits while another call is in flight).
+    /// A reader that may have to acknowledge early keeps them: a Kafka consumer commits them when
+    /// its partitions are revoked, so their new owner does not read them again. The default does
+    /// nothing.
+    fn released(&mut self, acks: &[Self::Ack]) {
+        let _ = acks;
+    }
+
     /// Stores records the component rejected for good, with the reason. The default logs them
     /// with their origin; connectors with a dead-letter destination write them there.
     fn dead_letter(
@@ -357,7 +366,9 @@ pub async fn run_source<R: SourceReader, I: Ingest>(
                         break;
                     }
                     acks.finish(&positions);
-                    ack_waiting.extend(acks.release());
+                    let released = acks.release();
+                    reader.released(&released);
+                    ack_waiting.extend(released);
                     if acking.is_none() && !ack_waiting.is_empty() {
                         acking = Some(AckCall::start(&mut reader, std::mem::take(&mut ack_waiting)));
                     }

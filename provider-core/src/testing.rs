@@ -42,6 +42,7 @@ pub struct MemoryStream {
     next_offset: AtomicU64,
     polled: AtomicU64,
     acked: Mutex<Vec<u64>>,
+    released: Mutex<Vec<u64>>,
     ack_calls: Mutex<Vec<usize>>,
     acks_held: AtomicBool,
     acks_released: Notify,
@@ -70,6 +71,12 @@ impl MemoryStream {
     /// How many records were acknowledged so far.
     pub fn acked_count(&self) -> usize {
         lock(&self.acked).len()
+    }
+
+    /// Offsets the runner released for acknowledgement ([`SourceReader::released`]), in order;
+    /// ahead of [`Self::acked`] while an acknowledgement call is in flight.
+    pub fn released(&self) -> Vec<u64> {
+        lock(&self.released).clone()
     }
 
     /// How many records each completed acknowledgement call covered, in call order.
@@ -169,6 +176,10 @@ impl SourceReader for MemoryReader {
             }
             arrived.await;
         }
+    }
+
+    fn released(&mut self, acks: &[u64]) {
+        lock(&self.stream.released).extend_from_slice(acks);
     }
 
     fn ack(&mut self, acks: Vec<u64>) -> impl Future<Output = Result<(), ConnectorError>> + Send + 'static {

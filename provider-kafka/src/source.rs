@@ -1,9 +1,9 @@
 //! The Kafka source: a consumer group member that commits, per partition, only offsets whose
 //! records the pipeline accepted (or dead-lettered) together with every record before them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,9 +32,41 @@ pub struct KafkaAck {
     offset: i64,
 }
 
-/// Logs rebalances and commit failures through `tracing`.
+/// The next offset to commit per partition: past every record released for acknowledgement.
+type Released = Arc<Mutex<HashMap<(Arc<str>, i32), i64>>>;
+
+/// Logs rebalances and commit failures through `tracing`, and commits what is done of the
+/// partitions being revoked before they go.
 pub struct SourceContext {
     link: String,
+    released: Released,
+}
+
+impl SourceContext {
+    /// Commits, for the `revoked` partitions, every record already released for acknowledgement
+    /// (some of it may still wait for its `ack` call), so their new owner does not read it again.
+    fn commit_revoked(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, revoked: &TopicPartitionList) {
+        let mut done = TopicPartitionList::new();
+        {
+            let mut released = self.released.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for p in revoked.elements() {
+                if let Some(offset) = released.remove(&(Arc::from(p.topic()), p.partition())) {
+                    let _ = done.add_partition_offset(p.topic(), p.partition(), Offset::Offset(offset));
+                }
+            }
+        }
+        if done.count() == 0 {
+            return;
+        }
+        match consumer.commit(&done, CommitMode::Sync) {
+            Ok(()) => {
+                info!(link = %self.link, partitions = done.count(), "committed what was done of the revoked partitions")
+            }
+            Err(e) => {
+                warn!(link = %self.link, error = %e, "commit on revoke failed; the new owner may read those records again")
+            }
+        }
+    }
 }
 
 impl ClientContext for SourceContext {
@@ -48,9 +80,10 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            info!(link = %self.link, partitions = tpl.count(), "partitions revoked; records not yet committed will be read again by their new owner");
+            info!(link = %self.link, partitions = tpl.count(), "partitions revoked; records still in flight will be read again by their new owner");
+            self.commit_revoked(consumer, tpl);
         }
     }
 
@@ -92,8 +125,12 @@ impl SourceConnector for KafkaSource {
         if let Some(instance) = &config.group_instance_id {
             client.set("group.instance.id", instance);
         }
+        let released = Released::default();
         let consumer: StreamConsumer<SourceContext> = client
-            .create_with_context(SourceContext { link: link.to_string() })
+            .create_with_context(SourceContext {
+                link: link.to_string(),
+                released: Arc::clone(&released),
+            })
             .map_err(|e| ConnectorError::msg(format!("bad consumer config: {e}")))?;
         let consumer = Arc::new(consumer);
         let named = config.topics.iter().filter(|t| !t.starts_with('^')).cloned().collect();
@@ -122,13 +159,18 @@ impl SourceConnector for KafkaSource {
             None => None,
         };
         info!(%link, topics = ?config.topics, group = %config.group_id(link), "kafka source subscribed");
-        Ok(KafkaReader { consumer, dead_letters })
+        Ok(KafkaReader {
+            consumer,
+            released,
+            dead_letters,
+        })
     }
 }
 
 /// Reads one source link.
 pub struct KafkaReader {
     consumer: Arc<StreamConsumer<SourceContext>>,
+    released: Released,
     dead_letters: Option<(String, Producer)>,
 }
 
@@ -176,6 +218,13 @@ impl SourceReader for KafkaReader {
             }
         }
         Ok(records)
+    }
+
+    fn released(&mut self, acks: &[KafkaAck]) {
+        let mut released = self.released.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for a in acks {
+            released.insert((Arc::clone(&a.topic), a.partition), a.offset + 1);
+        }
     }
 
     fn ack(&mut self, acks: Vec<KafkaAck>) -> impl Future<Output = Result<(), ConnectorError>> + Send + 'static {

@@ -488,4 +488,10 @@ async fn a_second_instance_in_the_group_rebalances_without_loss() {
         step.accepted_count() - total
     );
     assert!(b_delivered > 0, "the second instance got partitions");
+    assert!(
+        s.provider
+            .logs()
+            .contains("committed what was done of the revoked partitions"),
+        "the first instance commits its finished records before its partitions go"
+    );
 }
