@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use aws_sdk_s3::error::ProvideErrorMetadata as _;
 
 use crate::servers::{ensure_installed, free_port, temp_dir, ServerProcess};
 
@@ -126,23 +127,45 @@ impl S3Server {
         aws_sdk_s3::Client::from_conf(config)
     }
 
-    /// Creates `bucket`, retrying for up to 30 s; the error carries the server's log.
+    /// Creates `bucket` and waits until it lists, for up to 30 s; the error carries the server's log.
     pub async fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
         let client = self.client();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut created = false;
         loop {
-            match client.create_bucket().bucket(bucket).send().await {
-                Ok(_) => return Ok(()),
-                Err(err) if tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(error = %aws_sdk_s3::error::DisplayErrorContext(&err), "create bucket");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+            // Created (an earlier attempt may have been answered too late), then listable: the
+            // gateway serves a new bucket once the filer's metadata reached it.
+            let err = if created {
+                match client.list_objects_v2().bucket(bucket).max_keys(1).send().await {
+                    Ok(_) => return Ok(()),
+                    Err(err) => aws_sdk_s3::error::DisplayErrorContext(err).to_string(),
                 }
-                Err(err) => bail!(
-                    "cannot create bucket {bucket}: {}; seaweedfs log ends:\n{}",
-                    aws_sdk_s3::error::DisplayErrorContext(&err),
+            } else {
+                match client.create_bucket().bucket(bucket).send().await {
+                    Ok(_) => {
+                        created = true;
+                        continue;
+                    }
+                    Err(err)
+                        if matches!(
+                            err.as_service_error().and_then(|e| e.code()),
+                            Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+                        ) =>
+                    {
+                        created = true;
+                        continue;
+                    }
+                    Err(err) => aws_sdk_s3::error::DisplayErrorContext(err).to_string(),
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "bucket {bucket} not ready (created: {created}): {err}; seaweedfs log ends:\n{}",
                     self.process.log_tail(40)
-                ),
+                );
             }
+            tracing::debug!(error = %err, created, "bucket not ready yet");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
