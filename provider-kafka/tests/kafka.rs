@@ -483,11 +483,12 @@ async fn a_second_instance_in_the_group_rebalances_without_loss() {
         "lost {} records",
         total - distinct(&step)
     );
-    eprintln!(
-        "rebalance: second instance delivered {b_delivered}; {} redelivered in all",
-        step.accepted_count() - total
-    );
+    let redelivered = step.accepted_count() - total;
+    eprintln!("rebalance: second instance delivered {b_delivered}; {redelivered} redelivered in all");
     assert!(b_delivered > 0, "the second instance got partitions");
+    // Read twice only if it was still in flight at a revoke: at most each instance's
+    // unacknowledged window (4 x 64 records) at each of the two rebalances, join and leave.
+    assert!(redelivered <= 2 * 2 * 256, "{redelivered} records read twice");
     assert!(
         s.provider
             .logs()
