@@ -114,7 +114,8 @@ pub struct S3Error {
     pub bucket: String,
     /// S3's error code (`NoSuchBucket`, `SignatureDoesNotMatch`) or the transport's failure.
     pub detail: String,
-    /// Whether the operation failed for good (bad credentials, no bucket) rather than for now.
+    /// Whether asking again cannot help: a client error (no bucket, bad credentials; any 4xx but
+    /// 408 and 429) rather than a server error, a timeout or an unreachable endpoint.
     pub permanent: bool,
 }
 
@@ -136,12 +137,9 @@ impl S3Error {
                     }
                     _ => "",
                 };
-                // Without an S3 error code, the status says whether asking again can help.
-                let permanent = match code {
-                    "NoSuchBucket" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied" => true,
-                    "" => (400..500).contains(&status) && !matches!(status, 408 | 429),
-                    _ => false,
-                };
+                // A client error stays one when asked again (bar a timeout or throttling); a
+                // server error, such as `SlowDown` or `InternalError`, may pass.
+                let permanent = (400..500).contains(&status) && !matches!(status, 408 | 429);
                 let code = if code.is_empty() {
                     format!("HTTP {status} without an S3 error code")
                 } else {
@@ -187,4 +185,45 @@ pub async fn check_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<(
         .await
         .map(|_| ())
         .map_err(|e| S3Error::new("ListObjectsV2", bucket, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_s3::error::ErrorMetadata;
+    use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
+    use aws_sdk_s3::primitives::SdkBody;
+
+    use super::*;
+
+    /// The error a `ListObjectsV2` answered with `status` and S3 error `code` turns into.
+    fn answered(status: u16, code: Option<&str>) -> S3Error {
+        let mut meta = ErrorMetadata::builder();
+        if let Some(code) = code {
+            meta = meta.code(code);
+        }
+        let response = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
+        let err = SdkError::service_error(ListObjectsV2Error::generic(meta.build()), response);
+        S3Error::new("ListObjectsV2", "b", err)
+    }
+
+    #[test]
+    fn client_errors_refuse_and_server_errors_are_tried_again() {
+        let missing = answered(404, Some("NoSuchBucket"));
+        assert!(missing.permanent);
+        assert_eq!(
+            missing.to_string(),
+            "ListObjectsV2 on bucket `b`: NoSuchBucket (the bucket does not exist)"
+        );
+        assert!(answered(403, Some("SignatureDoesNotMatch")).permanent);
+        assert!(answered(400, None).permanent);
+        for (status, code) in [(503, Some("SlowDown")), (500, None), (429, None), (408, None)] {
+            let err = answered(status, code);
+            assert!(!err.permanent, "{err}");
+            assert!(ConnectorError::from(err).is_transient());
+        }
+        assert_eq!(
+            answered(502, None).to_string(),
+            "ListObjectsV2 on bucket `b`: HTTP 502 without an S3 error code"
+        );
+    }
 }
