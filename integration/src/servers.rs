@@ -2,6 +2,7 @@
 //! in a log file there, and is killed when its handle is dropped. The directory is removed then too,
 //! unless the thread is panicking: a failed test leaves its servers' data and logs to read.
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,12 +11,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
+/// A free TCP port on 127.0.0.1 (free when asked; bind it soon), never one this process handed
+/// out before: the kernel may offer a port again once its probe socket closed, and two servers
+/// of parallel tests would then race for it (one fails, and the other test talks to the wrong
+/// server until it stops).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port on 127.0.0.1");
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Whether `program` is on `PATH`.
