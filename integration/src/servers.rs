@@ -88,8 +88,12 @@ impl ServerProcess {
             if let Some(status) = self.child.try_wait()? {
                 bail!("{} exited with {status}: {}", self.name, self.log());
             }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(());
+            // A connection from the port to itself (TCP simultaneous open, when the kernel picks
+            // `port` as the probe's own ephemeral port) succeeds with nobody listening.
+            if let Ok(probe) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                if probe.local_addr()?.port() != port {
+                    return Ok(());
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
