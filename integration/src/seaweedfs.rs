@@ -131,41 +131,56 @@ impl S3Server {
     pub async fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
         let client = self.client();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let mut created = false;
-        loop {
-            // Created (an earlier attempt may have been answered too late), then listable: the
-            // gateway serves a new bucket once the filer's metadata reached it.
-            let err = if created {
-                match client.list_objects_v2().bucket(bucket).max_keys(1).send().await {
-                    Ok(_) => return Ok(()),
-                    Err(err) => aws_sdk_s3::error::DisplayErrorContext(err).to_string(),
+        // An earlier attempt may have created it and been answered too late.
+        self.retry_until(deadline, bucket, "create", || async {
+            match client.create_bucket().bucket(bucket).send().await {
+                Ok(_) => Ok(()),
+                Err(err)
+                    if matches!(
+                        err.as_service_error().and_then(|e| e.code()),
+                        Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+                    ) =>
+                {
+                    Ok(())
                 }
-            } else {
-                match client.create_bucket().bucket(bucket).send().await {
-                    Ok(_) => {
-                        created = true;
-                        continue;
-                    }
-                    Err(err)
-                        if matches!(
-                            err.as_service_error().and_then(|e| e.code()),
-                            Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
-                        ) =>
-                    {
-                        created = true;
-                        continue;
-                    }
-                    Err(err) => aws_sdk_s3::error::DisplayErrorContext(err).to_string(),
-                }
-            };
-            if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "bucket {bucket} not ready (created: {created}): {err}; seaweedfs log ends:\n{}",
-                    self.process.log_tail(40)
-                );
+                Err(err) => Err(aws_sdk_s3::error::DisplayErrorContext(err).to_string()),
             }
-            tracing::debug!(error = %err, created, "bucket not ready yet");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        })
+        .await?;
+        // The gateway serves a new bucket once the filer's metadata reached it.
+        self.retry_until(deadline, bucket, "list", || async {
+            let listed = client.list_objects_v2().bucket(bucket).max_keys(1).send().await;
+            listed
+                .map(|_| ())
+                .map_err(|err| aws_sdk_s3::error::DisplayErrorContext(err).to_string())
+        })
+        .await
+    }
+
+    /// Runs `step` every 200 ms until it succeeds or `deadline` passes.
+    async fn retry_until<F, Fut>(
+        &self,
+        deadline: tokio::time::Instant,
+        bucket: &str,
+        what: &str,
+        mut step: F,
+    ) -> anyhow::Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        loop {
+            match step().await {
+                Ok(()) => return Ok(()),
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %err, bucket, what, "bucket not ready yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => bail!(
+                    "cannot {what} bucket {bucket}: {err}; seaweedfs log ends:\n{}",
+                    self.process.log_tail(40)
+                ),
+            }
         }
     }
 }
