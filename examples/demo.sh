@@ -24,9 +24,9 @@ trap cleanup EXIT
 echo "==> building the providers (release, stripped) as .par.gz"
 cargo xtask par
 
-echo "==> building the sluice CLI"
-cargo build --locked --quiet -p sluice-cli
-SLUICE=$TARGET/debug/sluice
+echo "==> building the sluice CLI (release: it runs the wasmCloud host)"
+cargo build --locked --quiet --release -p sluice-cli
+SLUICE=$TARGET/release/sluice
 
 echo "==> building the example Rust logic and composing the step"
 (cd examples/logic/rust && env -u RUSTC_WRAPPER -u CARGO_TARGET_DIR RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
@@ -37,7 +37,9 @@ mkdir -p examples/pipelines/steps
   -o examples/pipelines/steps/sensors.wasm
 
 echo "==> starting Mosquitto (127.0.0.1:1883) and SeaweedFS (S3 on 127.0.0.1:8333)"
-printf 'listener 1883 127.0.0.1\nallow_anonymous true\nuser root\n' > "$WORK/mosquitto.conf"
+# At-least-once needs the broker to keep what a subscriber has not acknowledged yet: Mosquitto's
+# default drops QoS 1 messages beyond 1,000 queued for one client (README: broker settings).
+printf 'listener 1883 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 0\nmax_inflight_messages 1000\n' > "$WORK/mosquitto.conf"
 mosquitto -c "$WORK/mosquitto.conf" </dev/null >"$WORK/mosquitto.log" 2>&1 &
 PIDS+=($!)
 export AWS_ACCESS_KEY_ID=demo-key AWS_SECRET_ACCESS_KEY=demo-secret-0123456789
@@ -70,13 +72,16 @@ for i in $(seq 1 20); do
 done
 mosquitto_pub -h 127.0.0.1 -p 1883 -q 1 -t sensors/plant-a -m '{"device":"sensor-0","kind":"heartbeat"}'
 
-keys() { s3 "http://127.0.0.1:8333/sensors?list-type=2" | grep -o '<Key>[^<]*</Key>' | sed 's/<[^>]*>//g'; }
-# The S3 sink acknowledges a batch once its object is complete (max_object_age 2s in the spec), so
-# records land over a few seconds: wait for all 20.
-for _ in $(seq 1 60); do
-  lines=0
+keys() { s3 "http://127.0.0.1:8333/sensors?list-type=2&max-keys=1000" | grep -o '<Key>[^<]*</Key>' | sed 's/<[^>]*>//g'; }
+landed() {
+  local lines=0
   for key in $(keys); do lines=$((lines + $(s3 "http://127.0.0.1:8333/sensors/$key" | wc -l))); done
-  [ "$lines" -ge 20 ] && break
+  echo "$lines"
+}
+# The S3 sink acknowledges a batch once it is fsynced in its local spool and uploads objects behind
+# (an object closes max_object_age, 2s in the spec, after its first record): wait for all 20.
+for _ in $(seq 1 60); do
+  [ "$(landed)" -ge 20 ] && break
   sleep 1
 done
 
@@ -86,6 +91,24 @@ for key in $(keys); do
   echo "--- $key"
   s3 "http://127.0.0.1:8333/sensors/$key"
 done
+
+BURST=${DEMO_READINGS:-20000}
+echo
+echo "==> end-to-end rate: $BURST more readings (QoS 1) until every one is readable in S3"
+for i in $(seq 1 "$BURST"); do
+  echo "{\"device\":\"burst-$i\",\"temp\":21.$((i % 10)),\"site\":\"plant-a\"}"
+done > "$WORK/burst.txt"
+START=$(date +%s.%N)
+mosquitto_pub -h 127.0.0.1 -p 1883 -q 1 -t sensors/plant-b -l < "$WORK/burst.txt"
+for _ in $(seq 1 600); do
+  [ "$(landed)" -ge $((20 + BURST)) ] && break
+  sleep 0.5
+done
+END=$(date +%s.%N)
+awk -v n="$BURST" -v start="$START" -v end="$END" -v total="$(landed)" 'BEGIN {
+  t = end - start
+  printf "%d readings published and readable in S3 after %.1f s: %.0f readings/s end to end (%d lines in the bucket)\n", n, t, n / t, total
+}'
 echo
 kill -INT "$RUN"
 wait "$RUN" || true

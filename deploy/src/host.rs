@@ -14,6 +14,9 @@ use wasmcloud_host::{WasmbusHost, WasmbusHostConfig};
 /// The subject prefix on which hosts ask the secrets backend for secrets.
 pub const SECRETS_TOPIC_PREFIX: &str = "wasmcloud.secrets";
 
+/// The embedded host's deadline for one component invocation (`--max-execution-time-ms`).
+pub const MAX_EXECUTION_TIME: Duration = Duration::from_secs(60);
+
 type Shutdown = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// A running host. Stop it with [`EmbeddedHost::stop`], which stops its providers and components.
@@ -48,6 +51,9 @@ impl EmbeddedHost {
             allow_file_load: true,
             secrets_topic_prefix: Some(SECRETS_TOPIC_PREFIX.into()),
             rpc_timeout: Duration::from_secs(10),
+            // An invocation that never ends holds one of the step's instances until this
+            // deadline (a stock host's is 10 minutes): a minute is far beyond any batch's work.
+            max_execution_time: MAX_EXECUTION_TIME,
             provider_shutdown_delay: Some(Duration::from_secs(30)),
             heartbeat_interval: Some(Duration::from_secs(5)),
             version: "1.9.2".into(),

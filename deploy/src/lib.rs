@@ -6,11 +6,13 @@
 //! - [`host`]: an embedded wasmCloud 1.x host (`wasmcloud-host` 0.27.1, as `release-1.9.x`);
 //! - [`wadm`]: embedded wadm (`wadm` 0.21.1) and a client for its API;
 //! - [`secrets`]: a local secrets backend speaking the host's secrets protocol;
+//! - [`children`]: the processes this process started, ended before it exits;
 //! - [`local`]: all of the above on a local nats-server, one host per lattice;
 //! - [`pipeline`]: a pipeline deployed through wadm, watched and undeployed;
 //! - [`progress`]: a deployed pipeline's live counters, on one line.
 
 pub mod archive;
+pub mod children;
 pub mod host;
 pub mod local;
 pub mod manifest;

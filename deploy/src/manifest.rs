@@ -5,6 +5,9 @@
 //! - source provider -> step, interface `ingest`, the source's config and secrets on the source side;
 //! - step -> sink provider, interface `sink`, the sink's config and secrets on the target side.
 //!
+//! When source and sink are the same kind of provider (Kafka -> Kafka), one provider serves both
+//! links ([`one_provider_for_both_ends`]).
+//!
 //! Link config is wadm named config (`<pipeline>-source`, `<pipeline>-sink`). Output is deterministic
 //! (sorted maps), so a rendered manifest can be committed and compared.
 
@@ -102,12 +105,14 @@ pub struct Ids {
 }
 
 impl Ids {
-    /// `<pipeline>-source`, `<pipeline>-step`, `<pipeline>-sink`; a shared provider has the id
-    /// wadm gives it in its application (see [`shared_provider_id`]).
+    /// `<pipeline>-source`, `<pipeline>-step`, `<pipeline>-sink`; one provider serving both
+    /// ends ([`one_provider_for_both_ends`]) is `<pipeline>-<provider>`; a shared provider has the
+    /// id wadm gives it in its application (see [`shared_provider_id`]).
     #[must_use]
     pub fn of(spec: &PipelineSpec) -> Self {
         let provider = |role: &str, endpoint: &Endpoint| match &endpoint.shared {
             Some(app) => shared_provider_id(app, &endpoint.provider),
+            None if one_provider_for_both_ends(spec) => format!("{}-{}", spec.name, endpoint.provider),
             None => format!("{}-{role}", spec.name),
         };
         Self {
@@ -116,6 +121,18 @@ impl Ids {
             sink: provider("sink", &spec.sink),
         }
     }
+}
+
+/// Whether the pipeline's source and sink are one provider: the same kind with the same provider
+/// config, neither shared. One provider process then serves both links: a wasmCloud 1.x host
+/// unpacks a provider archive to one path per image, and a second provider started from the same
+/// archive while the first runs fails to write it ("Text file busy").
+#[must_use]
+pub fn one_provider_for_both_ends(spec: &PipelineSpec) -> bool {
+    spec.source.shared.is_none()
+        && spec.sink.shared.is_none()
+        && spec.source.provider == spec.sink.provider
+        && spec.source.provider_config == spec.sink.provider_config
 }
 
 /// The id wadm gives component `component` of application `app` when the manifest sets none:
@@ -422,6 +439,7 @@ pub const DEFAULT_ARTIFACTS: &str = "file:///opt/sluice";
 #[must_use]
 pub fn render(spec: &PipelineSpec, images: &Images) -> Manifest {
     let ids = Ids::of(spec);
+    let merged = one_provider_for_both_ends(spec);
     let mut annotations = BTreeMap::from([
         ("version".to_string(), spec.version.clone()),
         (LATTICE_ANNOTATION.to_string(), spec.lattice.clone()),
@@ -440,10 +458,18 @@ pub fn render(spec: &PipelineSpec, images: &Images) -> Manifest {
         },
         traits: vec![
             Trait::Spreadscaler {
-                instances: spec.step.instances,
+                instances: spec.step_instances(),
             },
             link(
-                side(Some("sink".into()), format!("{}-sink", spec.name), &spec.sink),
+                side(
+                    Some(if merged {
+                        spec.sink.provider.clone()
+                    } else {
+                        "sink".into()
+                    }),
+                    format!("{}-sink", spec.name),
+                    &spec.sink,
+                ),
                 "sink",
                 None,
                 None,
@@ -461,15 +487,28 @@ pub fn render(spec: &PipelineSpec, images: &Images) -> Manifest {
         // Named after the pipeline: a shared source provider has one such link per pipeline.
         Some(spec.name.clone()),
     );
-    let source = provider_component(
-        spec,
-        "source",
-        &spec.source,
-        &images.source,
-        ids.source,
-        vec![source_link],
-    );
-    let sink = provider_component(spec, "sink", &spec.sink, &images.sink, ids.sink, Vec::new());
+    let components = if merged {
+        let provider = provider_component(
+            spec,
+            &spec.source.provider,
+            &spec.source,
+            &images.source,
+            ids.source,
+            vec![source_link],
+        );
+        vec![provider, step]
+    } else {
+        let source = provider_component(
+            spec,
+            "source",
+            &spec.source,
+            &images.source,
+            ids.source,
+            vec![source_link],
+        );
+        let sink = provider_component(spec, "sink", &spec.sink, &images.sink, ids.sink, Vec::new());
+        vec![source, step, sink]
+    };
     Manifest {
         api_version: "core.oam.dev/v1beta1".into(),
         kind: "Application".into(),
@@ -483,7 +522,7 @@ pub fn render(spec: &PipelineSpec, images: &Images) -> Manifest {
                 kind: "policy.secret.wasmcloud.dev/v1alpha1".into(),
                 properties: BTreeMap::from([("backend".to_string(), spec.secret_backend.clone())]),
             }],
-            components: vec![source, step, sink],
+            components,
         },
     }
 }

@@ -75,6 +75,11 @@ impl fmt::Display for Progress {
             )?,
             None => write!(f, " | step->sink: (no link yet)")?,
         }
+        for (end, link) in [("source", &self.source), ("sink", &self.sink)] {
+            if let Some(reason) = link.as_ref().and_then(|l| l.degraded.as_deref()) {
+                write!(f, " | {end} degraded (retrying): {reason}")?;
+            }
+        }
         if !self.refused.is_empty() {
             write!(f, " | refused: {}", self.refused.join("; "))?;
         }

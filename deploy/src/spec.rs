@@ -227,16 +227,31 @@ impl fmt::Display for ConfigValue {
 pub struct Step {
     /// The composed step (`.wasm`), relative to the spec file.
     pub component: PathBuf,
-    /// How many instances the host may run at once (default 1).
-    #[serde(default = "default_instances")]
-    pub instances: usize,
-}
-
-fn default_instances() -> usize {
-    1
+    /// How many invocations the host may run at once; by default
+    /// [`PipelineSpec::step_instances`] matches the source's batches in flight.
+    #[serde(default)]
+    pub instances: Option<usize>,
 }
 
 impl PipelineSpec {
+    /// How many invocations of the step the host runs at once: `step.instances`, or by default
+    /// twice the batches the source keeps in flight (its `max_in_flight`: 4, or 32 for HTTP), so
+    /// every batch in flight has an instance and an invocation that hangs (a lost wRPC message,
+    /// waiting out the host's execution deadline) does not stop the pipeline.
+    #[must_use]
+    pub fn step_instances(&self) -> usize {
+        self.step.instances.unwrap_or_else(|| {
+            let default = if self.source.provider == "http" { 32 } else { 4 };
+            let in_flight = self
+                .source
+                .config
+                .get("max_in_flight")
+                .and_then(|v| v.to_string().parse::<usize>().ok())
+                .unwrap_or(default);
+            in_flight.saturating_mul(2).max(1)
+        })
+    }
+
     /// Parses and checks a spec.
     pub fn parse(yaml: &str) -> Result<Self, SpecError> {
         let deserializer = serde_yaml::Deserializer::from_str(yaml);
@@ -307,6 +322,16 @@ impl PipelineSpec {
         }
         check_endpoint("source", &self.source, |k| k.source)?;
         check_endpoint("sink", &self.sink, |k| k.sink)?;
+        if self.source.provider == self.sink.provider
+            && self.source.shared.is_none()
+            && self.sink.shared.is_none()
+            && self.source.provider_config != self.sink.provider_config
+        {
+            return Err(SpecError::field(
+                "sink.provider_config",
+                "expected the same provider config as `source.provider_config`: one provider serves both ends when they are the same kind",
+            ));
+        }
         if self.step.component.extension().and_then(|e| e.to_str()) != Some("wasm") {
             return Err(SpecError::field(
                 "step.component",
@@ -316,7 +341,7 @@ impl PipelineSpec {
                 ),
             ));
         }
-        if self.step.instances == 0 {
+        if self.step.instances == Some(0) {
             return Err(SpecError::field("step.instances", "expected at least 1"));
         }
         if self.secret_backend.is_empty() {

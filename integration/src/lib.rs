@@ -10,11 +10,13 @@
 //! - [`seaweedfs`]: an S3-protocol server (SeaweedFS `weed server` with its S3 gateway).
 //! - [`fixture`]: file-backed source and sink connectors for the provider-shaped test binary.
 //! - [`modbus`]: a real Modbus TCP server (pymodbus) with preset registers and a request log.
+//! - [`proxy`]: a TCP forwarder a test cuts and restores, for outages of a real server.
 
 pub mod component;
 pub mod fixture;
 pub mod host;
 pub mod modbus;
+pub mod proxy;
 pub mod seaweedfs;
 pub mod servers;
 

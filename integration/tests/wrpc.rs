@@ -100,3 +100,83 @@ async fn a_call_nobody_serves_fails_at_once() {
     let err = answer.expect_err("no responders is an error");
     assert!(format!("{err:#}").contains("no one serves"), "{err:#}");
 }
+
+/// A wasmCloud 1.x host calls a provider's `sink.write` with `wrpc-transport-nats` 0.29, which
+/// may drop the server's handshake answer when it arrives before the call's subscription is
+/// registered; the host then waits for it until the component's execution deadline. A server
+/// repeats its handshake until the caller sends on its parameter subject, so a dropped one is
+/// followed by another.
+#[tokio::test]
+async fn a_server_repeats_its_handshake_until_the_caller_is_heard() {
+    use futures::StreamExt as _;
+    sluice_integration::init_tracing();
+    let server = NatsServer::start().expect("nats-server starts");
+    let raw = server.connect().await.unwrap();
+    let component = FakeComponent::serve(&raw, LATTICE, "step").await.unwrap();
+
+    // The encoded parameters of a real call, captured on a subject nobody else serves.
+    let batch = vec![Message::new(b"one".to_vec(), "test:x@0")];
+    let instance = "sluice:pipeline/ingest@0.1.0";
+    let mut capture = raw
+        .subscribe(nats::invocation_subject(
+            &format!("{LATTICE}.capture"),
+            instance,
+            "deliver",
+        ))
+        .await
+        .unwrap();
+    let caller = nats::Client::new(server.connect().await.unwrap(), format!("{LATTICE}.capture"), None)
+        .await
+        .unwrap();
+    let call = tokio::spawn({
+        let batch = batch.clone();
+        async move { ingest::deliver(&caller, None, &batch).await }
+    });
+    let params = capture.next().await.expect("the invocation is published").payload;
+    call.abort();
+
+    // A caller that loses the first handshake: it sends nothing until it sees a second one.
+    let reply = raw.new_inbox();
+    let mut handshakes = raw.subscribe(reply.clone()).await.unwrap();
+    let mut results = raw.subscribe(format!("{reply}.results")).await.unwrap();
+    raw.publish_with_reply(
+        nats::invocation_subject(&format!("{LATTICE}.step"), instance, "deliver"),
+        reply,
+        params,
+    )
+    .await
+    .unwrap();
+    let first = handshakes
+        .next()
+        .await
+        .expect("a handshake")
+        .reply
+        .expect("with the server's subject");
+    let again = tokio::time::timeout(Duration::from_secs(2), handshakes.next())
+        .await
+        .expect("the handshake is repeated while the caller is silent")
+        .expect("a handshake");
+    assert_eq!(
+        again.reply.as_ref(),
+        Some(&first),
+        "the repeat names the same server subject"
+    );
+    raw.publish(format!("{first}.params"), bytes::Bytes::new())
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), results.next())
+        .await
+        .expect("results arrive")
+        .expect("a result message");
+    assert!(!answer.payload.is_empty(), "the results carry the outcome");
+    assert_eq!(component.accepted(), batch);
+
+    // Heard: no more repeats.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(10), handshakes.next()).await {}
+    let late = tokio::time::timeout(Duration::from_millis(1500), handshakes.next()).await;
+    assert!(
+        late.is_err(),
+        "the handshake is still repeated after the caller was heard"
+    );
+}

@@ -6,14 +6,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::ConfigReader;
-use crate::link::{open_with_retry, LinkError, LinkErrorReason, LinkKey, LinkSpec, Role};
-use crate::metrics::{LinkMetrics, MetricsSnapshot};
+use crate::link::{keep_opening, open_with_retry, LinkError, LinkErrorReason, LinkKey, LinkSpec, Role};
+use crate::metrics::{LinkHealth, LinkMetrics, MetricsSnapshot};
 use crate::sink::{SinkConnector, SinkLink, SinkSettings};
 use crate::source::{Ingest, LinkStart, RunnerSettings, SourceSide};
 use crate::{Failure, Message};
@@ -22,6 +21,7 @@ struct SourceLink {
     stop: CancellationToken,
     task: JoinHandle<()>,
     metrics: Arc<LinkMetrics>,
+    drain_timeout: std::time::Duration,
 }
 
 /// The delivery engine of one provider: its source links (each a running
@@ -31,8 +31,8 @@ struct SourceLink {
 /// It knows nothing of wasmCloud: [`crate::wasmcloud`] feeds it links and calls, and a 2.x host
 /// plugin or a standalone wRPC service could do the same.
 pub struct Engine<S: SourceSide, K: SinkConnector> {
-    source: S,
-    sink: K,
+    source: Arc<S>,
+    sink: Arc<K>,
     sources: Mutex<HashMap<LinkKey, SourceLink>>,
     /// Deleted source links whose runner is still finishing its in-flight batches; listed in
     /// [`Engine::status`] until it has stopped, so that "gone from the status" means "reads no more".
@@ -65,6 +65,10 @@ pub struct LinkStatus {
     pub name: String,
     /// Its counters.
     pub metrics: MetricsSnapshot,
+    /// Why the link moves nothing yet, while its system cannot be reached (the engine keeps
+    /// trying); absent when it is connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 /// What the engine is doing: live links with counters, and refused links with their errors.
@@ -77,6 +81,15 @@ pub struct Status {
 }
 
 impl Status {
+    /// Why the link from or to `component` moves nothing yet, if it is degraded.
+    #[must_use]
+    pub fn degraded(&self, component: &str) -> Option<&str> {
+        self.links
+            .iter()
+            .find(|l| l.component == component)
+            .and_then(|l| l.degraded.as_deref())
+    }
+
     /// Why the link from or to `component` was refused, if it was.
     #[must_use]
     pub fn refusal(&self, component: &str) -> Option<&str> {
@@ -91,8 +104,8 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
     /// An engine with no links, for a provider made of `source` and `sink`.
     pub fn new(source: S, sink: K) -> Self {
         Self {
-            source,
-            sink,
+            source: Arc::new(source),
+            sink: Arc::new(sink),
             sources: Mutex::default(),
             stopping: Mutex::default(),
             sinks: RwLock::default(),
@@ -153,8 +166,8 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         })?;
         let metrics = Arc::new(LinkMetrics::default());
         let stop = CancellationToken::new();
-        let serve = self
-            .source
+        let drain_timeout = settings.drain_timeout;
+        let serve = Arc::clone(&self.source)
             .start(
                 config,
                 LinkStart {
@@ -169,7 +182,15 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             .map_err(|reason| self.refuse(Role::Source, &key, reason))?;
         let task = tokio::spawn(serve);
         lock(&self.refused).remove(&(Role::Source, key.clone()));
-        lock(&self.sources).insert(key.clone(), SourceLink { stop, task, metrics });
+        lock(&self.sources).insert(
+            key.clone(),
+            SourceLink {
+                stop,
+                task,
+                metrics,
+                drain_timeout,
+            },
+        );
         info!(component = %key.component, link = %key.name, "source link started");
         Ok(())
     }
@@ -211,15 +232,23 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             .parse_config(&reader_config)
             .map_err(|e| self.refuse(Role::Sink, &key, e.into()))?;
         Self::warn_unread(Role::Sink, &key, &reader_config);
-        let writer = open_with_retry(&key, Role::Sink, || self.sink.open(&key, config.clone()))
-            .await
-            .map_err(|e| self.refuse(Role::Sink, &key, LinkErrorReason::Open(e)))?;
-        let link = Arc::new(SinkLink {
-            writer,
-            permits: Arc::new(Semaphore::new(settings.max_concurrent_writes)),
-            settings,
-            metrics: Arc::new(LinkMetrics::default()),
-        });
+        let link = Arc::new(SinkLink::new(settings));
+        match open_with_retry(&key, Role::Sink, || self.sink.open(&key, config.clone())).await {
+            Ok(writer) => {
+                let _ = link.writer.set(writer);
+            }
+            Err(error) if error.is_transient() => {
+                warn!(component = %key.component, link = %key.name, %error, "sink link degraded: cannot connect yet; trying on in the background");
+                link.metrics.set_health(LinkHealth::Degraded(error.to_string()));
+                tokio::spawn(keep_opening_sink(
+                    Arc::clone(&self.sink),
+                    key.clone(),
+                    config,
+                    Arc::clone(&link),
+                ));
+            }
+            Err(error) => return Err(self.refuse(Role::Sink, &key, LinkErrorReason::Open(error))),
+        }
         lock(&self.refused).remove(&(Role::Sink, key.clone()));
         let old = write_lock(&self.sinks).insert(key.clone(), link);
         if let Some(old) = old {
@@ -261,6 +290,16 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         }
     }
 
+    /// The longest `drain_timeout` of the running source links: how long [`Engine::shutdown`]
+    /// may take to drain them.
+    pub fn longest_drain(&self) -> std::time::Duration {
+        lock(&self.sources)
+            .values()
+            .map(|l| l.drain_timeout)
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Stops every link, draining sources and flushing sinks. Safe to call more than once.
     pub async fn shutdown(&self) {
         let sources: Vec<LinkKey> = lock(&self.sources).keys().cloned().collect();
@@ -270,30 +309,24 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         self.source.close().await;
     }
 
-    /// Live links with their counters, and refused links with their errors.
+    /// Live links with their counters (and why a degraded one moves nothing yet), and refused
+    /// links with their errors.
     pub fn status(&self) -> Status {
-        let mut links: Vec<LinkStatus> = lock(&self.sources)
+        let live: Vec<(Role, LinkKey, Arc<LinkMetrics>)> = lock(&self.sources)
             .iter()
-            .map(|(k, l)| (Role::Source, k, l.metrics.snapshot()))
+            .map(|(k, l)| (Role::Source, k.clone(), Arc::clone(&l.metrics)))
             .chain(
                 lock(&self.stopping)
                     .iter()
-                    .map(|(k, metrics)| (Role::Source, k, metrics.snapshot())),
+                    .map(|(k, metrics)| (Role::Source, k.clone(), Arc::clone(metrics))),
             )
             .chain(
                 read_lock(&self.sinks)
                     .iter()
-                    .map(|(k, l)| (Role::Sink, k, l.metrics.snapshot())),
+                    .map(|(k, l)| (Role::Sink, k.clone(), Arc::clone(&l.metrics))),
             )
-            .map(|(role, k, metrics)| LinkStatus {
-                role: role.to_string(),
-                component: k.component.clone(),
-                name: k.name.clone(),
-                metrics,
-            })
             .collect();
-        links.sort_by(|a, b| (&a.role, &a.component, &a.name).cmp(&(&b.role, &b.component, &b.name)));
-        let refused = lock(&self.refused)
+        let mut refused: Vec<RefusedLink> = lock(&self.refused)
             .iter()
             .map(|((role, k), error)| RefusedLink {
                 role: role.to_string(),
@@ -302,7 +335,68 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
                 error: error.clone(),
             })
             .collect();
+        let mut links = Vec::with_capacity(live.len());
+        for (role, k, metrics) in live {
+            let degraded = match metrics.health() {
+                LinkHealth::Ok => None,
+                LinkHealth::Degraded(reason) => Some(reason),
+                LinkHealth::Refused(error) => {
+                    refused.push(RefusedLink {
+                        role: role.to_string(),
+                        component: k.component,
+                        name: k.name,
+                        error,
+                    });
+                    continue;
+                }
+            };
+            links.push(LinkStatus {
+                role: role.to_string(),
+                component: k.component,
+                name: k.name,
+                metrics: metrics.snapshot(),
+                degraded,
+            });
+        }
+        links.sort_by(|a, b| (&a.role, &a.component, &a.name).cmp(&(&b.role, &b.component, &b.name)));
+        refused.sort_by(|a, b| (&a.role, &a.component, &a.name).cmp(&(&b.role, &b.component, &b.name)));
         Status { links, refused }
+    }
+}
+
+/// Opens a degraded sink link in the background until it connects (its writes answer `retry`
+/// meanwhile), fails for good (refused), or is deleted.
+async fn keep_opening_sink<K: SinkConnector>(
+    sink: Arc<K>,
+    key: LinkKey,
+    config: K::Config,
+    link: Arc<SinkLink<K::Writer>>,
+) {
+    let opened = tokio::select! {
+        () = link.stop.cancelled() => return,
+        opened = keep_opening(
+            &key,
+            Role::Sink,
+            || sink.open(&key, config.clone()),
+            |error| link.metrics.set_health(LinkHealth::Degraded(error.to_string())),
+        ) => opened,
+    };
+    match opened {
+        Ok(writer) => {
+            if link.writer.set(writer).is_ok() {
+                link.metrics.set_health(LinkHealth::Ok);
+                info!(component = %key.component, link = %key.name, "sink link connected");
+            }
+        }
+        Err(error) => {
+            let refused = LinkError {
+                key,
+                role: Role::Sink,
+                reason: LinkErrorReason::Open(error),
+            };
+            error!(error = %refused, "link refused");
+            link.metrics.set_health(LinkHealth::Refused(refused.to_string()));
+        }
     }
 }
 

@@ -109,13 +109,14 @@ pub enum LinkErrorReason {
     Unsupported(Role),
 }
 
-/// How many times a link is opened before a transient error refuses it.
-const OPEN_ATTEMPTS: u32 = 5;
+/// How many times a link is opened while its put waits, before a transient error leaves it
+/// degraded (and [`keep_opening`] tries on in the background).
+const OPEN_ATTEMPTS: u32 = 3;
 
-/// Delays between those attempts: about 7 s in all before the last one.
+/// Delays between attempts: about 1.5 s over the first three, then growing to 10 s.
 const OPEN_BACKOFF: Backoff = Backoff {
     initial: Duration::from_millis(500),
-    max: Duration::from_secs(4),
+    max: Duration::from_secs(10),
 };
 
 /// Runs `open` until it succeeds, fails for good, or has failed [`OPEN_ATTEMPTS`] times with a
@@ -133,6 +134,33 @@ where
                 tracing::warn!(%key, %role, %error, attempt, ?delay, "could not open the link yet, trying again");
                 tokio::time::sleep(delay).await;
                 attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// After [`open_with_retry`] gave up on a transient error: keeps trying with backoff (capped at
+/// 10 s), reporting each transient error to `degraded`, until the link opens or fails for good.
+pub(crate) async fn keep_opening<T, F, Fut>(
+    key: &LinkKey,
+    role: Role,
+    mut open: F,
+    mut degraded: impl FnMut(&ConnectorError),
+) -> Result<T, ConnectorError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ConnectorError>>,
+{
+    let mut attempt = OPEN_ATTEMPTS;
+    loop {
+        let delay = OPEN_BACKOFF.delay(attempt);
+        tokio::time::sleep(delay).await;
+        attempt = attempt.saturating_add(1);
+        match open().await {
+            Err(error) if error.is_transient() => {
+                tracing::debug!(%key, %role, %error, attempt, "link still cannot connect");
+                degraded(&error);
             }
             result => return result,
         }
@@ -180,5 +208,55 @@ mod tests {
         assert!(error.is_transient());
         assert_eq!(error.to_string(), "connection refused");
         assert_eq!(calls, OPEN_ATTEMPTS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_degraded_link_keeps_trying_until_it_opens() {
+        let calls = AtomicU32::new(0);
+        let mut reported = Vec::new();
+        let key = LinkKey::new("component", "link");
+        let result = keep_opening(
+            &key,
+            Role::Sink,
+            || {
+                let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    if call < 20 {
+                        Err(ConnectorError::transient(format!("connection refused ({call})")))
+                    } else {
+                        Ok(call)
+                    }
+                }
+            },
+            |error| reported.push(error.to_string()),
+        )
+        .await;
+        assert_eq!(result.unwrap(), 20, "it never gives up on a transient error");
+        assert_eq!(reported.len(), 19);
+        assert_eq!(reported[18], "connection refused (19)");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_degraded_link_stops_trying_at_a_permanent_error() {
+        let calls = AtomicU32::new(0);
+        let key = LinkKey::new("component", "link");
+        let result: Result<(), _> = keep_opening(
+            &key,
+            Role::Source,
+            || {
+                let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    Err(if call < 3 {
+                        ConnectorError::transient("connection refused")
+                    } else {
+                        ConnectorError::msg("NoSuchBucket")
+                    })
+                }
+            },
+            |_| {},
+        )
+        .await;
+        assert_eq!(result.unwrap_err().to_string(), "NoSuchBucket");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 }

@@ -1,8 +1,22 @@
 //! Per-link counters, readable while the provider runs.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 
 use serde::Serialize;
+
+/// Whether a link can move records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LinkHealth {
+    /// Connected.
+    #[default]
+    Ok,
+    /// Not connected yet: its system could not be reached (the error says why); the engine
+    /// keeps trying and the link starts moving records once it can.
+    Degraded(String),
+    /// Failed for good while connecting in the background (bad credentials, no such bucket).
+    Refused(String),
+}
 
 /// Counters of one link. All are totals since the link was put, except `in_flight`.
 #[derive(Debug, Default)]
@@ -17,6 +31,7 @@ pub struct LinkMetrics {
     pub(crate) write_failures: AtomicU64,
     pub(crate) busy: AtomicU64,
     pub(crate) in_flight: AtomicU64,
+    health: Mutex<LinkHealth>,
 }
 
 /// A copy of a link's counters at one moment.
@@ -61,6 +76,19 @@ impl LinkMetrics {
             busy: self.busy.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
         }
+    }
+
+    /// Whether the link can move records.
+    #[must_use]
+    pub fn health(&self) -> LinkHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set_health(&self, health: LinkHealth) {
+        *self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = health;
     }
 
     pub(crate) fn add(counter: &AtomicU64, n: usize) {

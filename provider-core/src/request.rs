@@ -85,7 +85,7 @@ impl<R: RequestSource> SourceSide for Requests<R> {
     }
 
     async fn start<I: Ingest>(
-        &self,
+        self: Arc<Self>,
         config: Self::Config,
         LinkStart {
             link,

@@ -2,13 +2,14 @@
 //! calling component's own link and bounds how many writes a link runs at once.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, ConfigReader};
 use crate::link::LinkKey;
-use crate::metrics::LinkMetrics;
+use crate::metrics::{LinkHealth, LinkMetrics};
 use crate::{ConnectorError, Failure, Message};
 
 /// A sink system, as a connector sees it: how to read a link's config and open a writer.
@@ -61,17 +62,38 @@ impl SinkSettings {
     }
 }
 
-/// One live sink link.
+/// One live sink link: its writer once it is open (a degraded link has none yet).
 pub(crate) struct SinkLink<W> {
-    pub(crate) writer: W,
+    pub(crate) writer: OnceLock<W>,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) settings: SinkSettings,
     pub(crate) metrics: Arc<LinkMetrics>,
+    /// Cancels the background opening of a degraded link.
+    pub(crate) stop: CancellationToken,
 }
 
 impl<W: SinkWriter> SinkLink<W> {
-    /// Writes a batch if the link has a free slot, else answers `retry`.
+    /// A link with no writer yet.
+    pub(crate) fn new(settings: SinkSettings) -> Self {
+        Self {
+            writer: OnceLock::new(),
+            permits: Arc::new(Semaphore::new(settings.max_concurrent_writes)),
+            settings,
+            metrics: Arc::new(LinkMetrics::default()),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Writes a batch if the link is open and has a free slot, else answers `retry`.
     pub(crate) async fn write(&self, key: &LinkKey, batch: Vec<Message>) -> Result<(), Failure> {
+        let Some(writer) = self.writer.get() else {
+            LinkMetrics::add(&self.metrics.write_failures, 1);
+            let reason = match self.metrics.health() {
+                LinkHealth::Degraded(reason) | LinkHealth::Refused(reason) => reason,
+                LinkHealth::Ok => "opening".into(),
+            };
+            return Err(Failure::Retry(format!("sink not connected: {key}: {reason}")));
+        };
         let Ok(_permit) = self.permits.try_acquire() else {
             LinkMetrics::add(&self.metrics.busy, 1);
             return Err(Failure::Retry(format!(
@@ -89,7 +111,7 @@ impl<W: SinkWriter> SinkLink<W> {
             bytes = batch.iter().map(|m| m.payload.len()).sum::<usize>(),
             outcome = tracing::field::Empty,
         );
-        let result = tracing::Instrument::instrument(self.writer.write(batch), span.clone()).await;
+        let result = tracing::Instrument::instrument(writer.write(batch), span.clone()).await;
         match &result {
             Ok(()) => {
                 LinkMetrics::add(&self.metrics.written, records);
@@ -108,10 +130,14 @@ impl<W: SinkWriter> SinkLink<W> {
         result
     }
 
-    /// Waits for running writes to finish, then closes the writer.
+    /// Stops opening a degraded link, waits for running writes to finish, then closes the writer.
     pub(crate) async fn drain(&self) -> Result<(), ConnectorError> {
+        self.stop.cancel();
         let max = u32::try_from(self.settings.max_concurrent_writes).unwrap_or(u32::MAX);
         let _all = self.permits.acquire_many(max).await;
-        self.writer.close().await
+        match self.writer.get() {
+            Some(writer) => writer.close().await,
+            None => Ok(()),
+        }
     }
 }

@@ -11,12 +11,12 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info_span, warn, Instrument as _};
+use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
 use crate::backoff::Backoff;
 use crate::config::{ConfigError, ConfigReader};
-use crate::link::{open_with_retry, LinkErrorReason, LinkKey, Role};
-use crate::metrics::{InFlight, LinkMetrics};
+use crate::link::{keep_opening, open_with_retry, LinkError, LinkErrorReason, LinkKey, Role};
+use crate::metrics::{InFlight, LinkHealth, LinkMetrics};
 use crate::{ConnectorError, Failure, Message};
 
 /// A source system, as a connector sees it: how to read a link's config and open a reader.
@@ -122,6 +122,12 @@ pub trait SourceReader: Send + 'static {
 pub trait Ingest: Send + Sync + 'static {
     /// Delivers one batch. The outer error is the transport's (no responder, connection lost).
     fn deliver(&self, batch: &[Message]) -> impl Future<Output = Result<Result<(), Failure>, anyhow::Error>> + Send;
+
+    /// The most bytes one batch may take in a call, when the transport has a limit; the runner
+    /// closes batches below it (a single larger record still goes alone).
+    fn max_batch_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// How a source link batches, bounds and retries. Read from the link config by the engine.
@@ -200,8 +206,21 @@ struct Pending {
     messages: Vec<Message>,
     /// Read positions of `messages`.
     positions: Vec<u64>,
+    /// What `messages` take in a call ([`encoded_len`]).
     bytes: u64,
     since: Instant,
+}
+
+/// Whether a batch of `lane` may be sent: no other batch of that ordering lane is in flight.
+fn lane_free(busy_lanes: &HashSet<u64>, lane: &Option<u64>) -> bool {
+    lane.is_none_or(|l| !busy_lanes.contains(&l))
+}
+
+/// About what a record takes in a `deliver` call: its bytes and a little for each length prefix.
+fn encoded_len(message: &Message) -> u64 {
+    let headers: usize = message.headers.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+    let key = message.key.as_ref().map_or(0, |k| k.len());
+    (message.payload.len() + key + headers + message.origin.len() + 24) as u64
 }
 
 /// The one acknowledgement call of a link in flight, and how many records it covers.
@@ -277,8 +296,15 @@ pub async fn run_source<R: SourceReader, I: Ingest>(
 ) {
     let lanes_count = settings.max_in_flight as u64;
     let max_unacked = settings.max_in_flight * settings.max_batch_records;
-    let is_full = |p: &Pending| p.messages.len() >= settings.max_batch_records || p.bytes >= settings.max_batch_bytes;
-    let mut pending: HashMap<Option<u64>, Pending> = HashMap::new();
+    // A batch must also fit one call of the transport (one NATS message: a host reading the rest
+    // of a call's parameters may lose them, see `wrpc::nats`).
+    let max_batch_bytes = settings
+        .max_batch_bytes
+        .min(ingest.max_batch_bytes().unwrap_or(u64::MAX));
+    let is_full = |p: &Pending| p.messages.len() >= settings.max_batch_records || p.bytes >= max_batch_bytes;
+    // Per lane, the batches read and not yet sent, oldest first: every one but the last is closed.
+    let mut pending: HashMap<Option<u64>, VecDeque<Pending>> = HashMap::new();
+    let closed = |q: &VecDeque<Pending>| q.len() > 1 || q.front().is_some_and(is_full);
     let mut busy_lanes: HashSet<u64> = HashSet::new();
     let mut acks = AckQueue {
         front: 0,
@@ -298,18 +324,22 @@ pub async fn run_source<R: SourceReader, I: Ingest>(
         let now = Instant::now();
         let mut due: Vec<Option<u64>> = pending
             .iter()
-            .filter(|(lane, p)| {
-                let lane_free = lane.is_none_or(|l| !busy_lanes.contains(&l));
-                lane_free && (is_full(p) || stopping || p.since + settings.linger <= now)
+            .filter(|(lane, q)| {
+                lane_free(&busy_lanes, lane)
+                    && (closed(q) || stopping || q.front().is_some_and(|p| p.since + settings.linger <= now))
             })
             .map(|(lane, _)| *lane)
             .collect();
-        due.sort_by_key(|lane| pending[lane].since);
+        due.sort_by_key(|lane| pending[lane].front().map(|p| p.since));
         for lane in due {
             if inflight.len() >= settings.max_in_flight {
                 break;
             }
-            let batch = pending.remove(&lane).expect("due lane is pending");
+            let queue = pending.get_mut(&lane).expect("due lane is pending");
+            let batch = queue.pop_front().expect("a pending lane has a batch");
+            if queue.is_empty() {
+                pending.remove(&lane);
+            }
             if let Some(l) = lane {
                 busy_lanes.insert(l);
             }
@@ -336,15 +366,28 @@ pub async fn run_source<R: SourceReader, I: Ingest>(
         }
 
         let paused = poll_paused_until.is_some_and(|t| t > now);
-        // Records read but not yet acknowledged stay bounded even behind one slow batch.
+        // Records read but not yet acknowledged stay within the bound even behind one slow batch:
+        // a poll asks for no more than the room left.
         let unacknowledged = acks.entries.len() + ack_waiting.len() + acking.as_ref().map_or(0, |a| a.records);
-        let unacked_full = unacknowledged >= max_unacked;
-        let can_poll = !stopping && !paused && !unacked_full && !pending.values().any(is_full);
-        let largest = pending.values().map(|p| p.messages.len()).max().unwrap_or(0);
-        let room = settings.max_batch_records.saturating_sub(largest).max(1);
-        let wake_at = pending
+        let unacked_room = max_unacked.saturating_sub(unacknowledged);
+        let can_poll = !stopping && !paused && unacked_room > 0 && !pending.values().any(closed);
+        let largest = pending
             .values()
-            .map(|p| p.since + settings.linger)
+            .filter_map(|q| q.back().map(|p| p.messages.len()))
+            .max()
+            .unwrap_or(0);
+        let room = settings
+            .max_batch_records
+            .saturating_sub(largest)
+            .max(1)
+            .min(unacked_room);
+        // Only a batch that could be sent when its linger ends needs a timer: one waiting for a
+        // busy lane or a free slot is woken by the delivery that frees them.
+        let slot_free = inflight.len() < settings.max_in_flight;
+        let wake_at = pending
+            .iter()
+            .filter(|(lane, _)| slot_free && lane_free(&busy_lanes, lane))
+            .filter_map(|(_, q)| q.front().map(|p| p.since + settings.linger))
             .chain(poll_paused_until.filter(|_| paused))
             .chain(drain_deadline)
             .min();
@@ -396,13 +439,21 @@ pub async fn run_source<R: SourceReader, I: Ingest>(
                     LinkMetrics::add(&metrics.polled, records.len());
                     for record in records {
                         let lane = record.order_key.map(|k| k % lanes_count);
-                        let p = pending.entry(lane).or_insert_with(|| Pending {
-                            messages: Vec::new(),
-                            positions: Vec::new(),
-                            bytes: 0,
-                            since: Instant::now(),
-                        });
-                        p.bytes += record.message.payload.len() as u64;
+                        let bytes = encoded_len(&record.message);
+                        let queue = pending.entry(lane).or_default();
+                        let starts_batch = queue
+                            .back()
+                            .is_none_or(|p| is_full(p) || (!p.messages.is_empty() && p.bytes + bytes > max_batch_bytes));
+                        if starts_batch {
+                            queue.push_back(Pending {
+                                messages: Vec::new(),
+                                positions: Vec::new(),
+                                bytes: 0,
+                                since: Instant::now(),
+                            });
+                        }
+                        let p = queue.back_mut().expect("a batch was just made");
+                        p.bytes += bytes;
                         p.messages.push(record.message);
                         p.positions.push(acks.push(record.ack));
                     }
@@ -593,8 +644,13 @@ pub trait SourceSide: Send + Sync + 'static {
     /// Opens a link and returns what serves it: a future that runs until `link.stop` is
     /// cancelled, then drains the link (within `settings.drain_timeout`) and returns. An error
     /// refuses the link.
+    ///
+    /// A connector whose system cannot be reached yet (a [transient](ConnectorError::is_transient)
+    /// error) is not refused: the link is reported degraded ([`LinkHealth::Degraded`]) and the
+    /// returned future keeps trying to open it until it can, or until it fails for good
+    /// ([`LinkHealth::Refused`]).
     fn start<I: Ingest>(
-        &self,
+        self: Arc<Self>,
         config: Self::Config,
         link: LinkStart<I>,
     ) -> impl Future<Output = Result<futures::future::BoxFuture<'static, ()>, LinkErrorReason>> + Send;
@@ -614,13 +670,52 @@ impl<S: SourceConnector> SourceSide for S {
     }
 
     async fn start<I: Ingest>(
-        &self,
+        self: Arc<Self>,
         config: Self::Config,
         l: LinkStart<I>,
     ) -> Result<futures::future::BoxFuture<'static, ()>, LinkErrorReason> {
-        let reader = open_with_retry(&l.link, Role::Source, || self.open(&l.link, config.clone()))
-            .await
-            .map_err(LinkErrorReason::Open)?;
+        let reader = match open_with_retry(&l.link, Role::Source, || self.open(&l.link, config.clone())).await {
+            Ok(reader) => reader,
+            Err(error) if error.is_transient() => {
+                warn!(link = %l.link, %error, "source link degraded: cannot connect yet; trying on in the background");
+                l.metrics.set_health(LinkHealth::Degraded(error.to_string()));
+                return Ok(Box::pin(async move {
+                    let LinkStart {
+                        link,
+                        ingest,
+                        settings,
+                        metrics,
+                        stop,
+                    } = l;
+                    let opened = tokio::select! {
+                        () = stop.cancelled() => return,
+                        opened = keep_opening(
+                            &link,
+                            Role::Source,
+                            || self.open(&link, config.clone()),
+                            |error| metrics.set_health(LinkHealth::Degraded(error.to_string())),
+                        ) => opened,
+                    };
+                    match opened {
+                        Ok(reader) => {
+                            metrics.set_health(LinkHealth::Ok);
+                            info!(%link, "source link connected");
+                            run_source(link, reader, ingest, settings, metrics, stop).await;
+                        }
+                        Err(error) => {
+                            let refused = LinkError {
+                                key: link,
+                                role: Role::Source,
+                                reason: LinkErrorReason::Open(error),
+                            };
+                            tracing::error!(error = %refused, "link refused");
+                            metrics.set_health(LinkHealth::Refused(refused.to_string()));
+                        }
+                    }
+                }));
+            }
+            Err(error) => return Err(LinkErrorReason::Open(error)),
+        };
         Ok(Box::pin(run_source(
             l.link, reader, l.ingest, l.settings, l.metrics, l.stop,
         )))

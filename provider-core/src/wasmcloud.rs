@@ -101,18 +101,45 @@ where
                 () = host_shutdown => {}
                 _ = term.recv() => info!("SIGTERM: draining links"),
                 _ = tokio::signal::ctrl_c() => info!("SIGINT: draining links"),
+                () = parent_gone() => warn!("the host process is gone: draining links"),
             }
-            provider.engine.shutdown().await;
+            // A drain that cannot finish (the lattice is gone, a system hangs) must not keep the
+            // process alive: it ends when the longest drain is over, whatever is left.
+            let limit = provider.engine.longest_drain() + CLOSE_LIMIT;
+            if tokio::time::timeout(limit, provider.engine.shutdown()).await.is_err() {
+                tracing::error!(?limit, "links did not drain in time; exiting");
+                std::process::exit(1);
+            }
         }
     };
     serve(&wrpc, provider.clone(), stop)
         .await
         .context("failed to serve sink.write")?;
     status_task.abort();
-    if let Err(err) = connection.nats.flush().await {
-        warn!(%err, "failed to flush the lattice connection");
+    // With the lattice gone a flush would wait for a reconnection that never comes.
+    match tokio::time::timeout(std::time::Duration::from_secs(2), connection.nats.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => warn!(%err, "failed to flush the lattice connection"),
+        Err(_) => warn!("the lattice connection did not flush in time"),
     }
     Ok(())
+}
+
+/// How long closing the connectors may take once the links have drained: a provider told to stop
+/// exits within its longest `drain_timeout` plus this.
+const CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Resolves once this process's parent (the host that started it) has exited and the process
+/// was handed to another parent: a provider outlives neither its host nor whatever started it.
+async fn parent_gone() {
+    let parent = std::os::unix::process::parent_id();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if std::os::unix::process::parent_id() != parent {
+            return;
+        }
+    }
 }
 
 /// Serves the provider's exports on `wrpc` until `stop` completes, each invocation in its own task.
@@ -232,7 +259,8 @@ impl<S: SourceSide, K: SinkConnector> Provider for WasmcloudProvider<S, K> {
                     .with_prefix(format!("{}.{target}", get_connection().lattice))
                     .with_header("source-id", get_connection().provider_key())
                     .with_header("target-id", &target);
-                Ok(WrpcIngest::new(client))
+                let max_batch_bytes = client.max_call_bytes();
+                Ok(WrpcIngest::new(client).with_max_batch_bytes(max_batch_bytes))
             })
             .await?;
         Ok(())
@@ -257,11 +285,23 @@ impl<S: SourceSide, K: SinkConnector> Provider for WasmcloudProvider<S, K> {
     }
 
     async fn health_request(&self, _: &HealthCheckRequest) -> anyhow::Result<HealthCheckResponse> {
-        // Refused links do not make the provider unhealthy (its other links keep running), but
-        // the host's health check carries them so an operator sees them.
-        let refused = self.engine.status().refused;
-        let message =
-            (!refused.is_empty()).then(|| refused.iter().map(|r| r.error.as_str()).collect::<Vec<_>>().join("; "));
+        // Refused and degraded links do not make the provider unhealthy (its other links keep
+        // running), but the host's health check carries them so an operator sees them.
+        let status = self.engine.status();
+        let problems: Vec<String> = status
+            .refused
+            .iter()
+            .map(|r| r.error.clone())
+            .chain(status.links.iter().filter_map(|l| {
+                l.degraded.as_ref().map(|reason| {
+                    format!(
+                        "degraded {} link `{}` of component `{}`: {reason}",
+                        l.role, l.name, l.component
+                    )
+                })
+            }))
+            .collect();
+        let message = (!problems.is_empty()).then(|| problems.join("; "));
         Ok(HealthCheckResponse { healthy: true, message })
     }
 

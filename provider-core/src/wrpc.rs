@@ -13,12 +13,24 @@ use crate::{Failure, Message};
 #[derive(Debug, Clone)]
 pub struct WrpcIngest<C> {
     client: C,
+    max_batch_bytes: Option<u64>,
 }
 
 impl<C> WrpcIngest<C> {
     /// Delivers through `client`.
     pub fn new(client: C) -> Self {
-        Self { client }
+        Self {
+            client,
+            max_batch_bytes: None,
+        }
+    }
+
+    /// Keeps each batch within `bytes`: what one call of the transport carries in one message
+    /// (see [`nats::Client::max_call_bytes`]).
+    #[must_use]
+    pub fn with_max_batch_bytes(mut self, bytes: u64) -> Self {
+        self.max_batch_bytes = Some(bytes);
+        self
     }
 }
 
@@ -29,5 +41,9 @@ where
 {
     async fn deliver(&self, batch: &[Message]) -> Result<Result<(), Failure>, anyhow::Error> {
         crate::bindings::sluice::pipeline::ingest::deliver(&self.client, C::Context::default(), batch).await
+    }
+
+    fn max_batch_bytes(&self) -> Option<u64> {
+        self.max_batch_bytes
     }
 }

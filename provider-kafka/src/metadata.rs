@@ -1,6 +1,6 @@
 //! Checking, when a link is put, that the brokers answer and the named topics exist.
 
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::metadata::Metadata;
 use sluice_provider_core::ConnectorError;
 
@@ -12,8 +12,15 @@ pub(crate) async fn check_topics(
     topics: Vec<String>,
 ) -> Result<(), ConnectorError> {
     tokio::task::spawn_blocking(move || {
-        let metadata =
-            fetch().map_err(|e| ConnectorError::msg(format!("cannot reach the brokers at {servers}: {e}")))?;
+        let metadata = fetch().map_err(|e| {
+            let message = format!("cannot reach the brokers at {servers}: {e}");
+            if refused_for_good(&e) {
+                ConnectorError::msg(message)
+            } else {
+                // Brokers down or still starting: the engine keeps the link degraded and tries again.
+                ConnectorError::transient(message)
+            }
+        })?;
         let exists = |topic: &String| {
             metadata
                 .topics()
@@ -29,4 +36,20 @@ pub(crate) async fn check_topics(
     })
     .await
     .map_err(ConnectorError::new)?
+}
+
+/// Whether a failed metadata request means the link can never work as configured (credentials,
+/// authorization, TLS), rather than brokers that cannot be reached right now.
+fn refused_for_good(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::InvalidArgument
+        )
+    )
 }

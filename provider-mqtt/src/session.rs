@@ -176,13 +176,35 @@ pub fn connect(
     })
 }
 
+/// Why polling the event loop failed: the connection is down.
+#[derive(Debug, Clone)]
+pub struct PollError {
+    message: String,
+    /// The broker refused the client (credentials, client id) or TLS failed: trying again
+    /// will not help. Anything else (refused or reset connections, timeouts) may pass.
+    lasting: bool,
+}
+
+impl std::fmt::Display for PollError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl EventLoop {
     /// The next event; an error means the connection is down (polling again reconnects).
-    pub async fn poll(&mut self) -> Result<Event, String> {
+    pub async fn poll(&mut self) -> Result<Event, PollError> {
         match self {
             EventLoop::V4(el) => {
                 use rumqttc::{Event as E, Outgoing as O, Packet as P};
-                Ok(match el.poll().await.map_err(|e| e.to_string())? {
+                let event = el.poll().await.map_err(|e| PollError {
+                    lasting: matches!(
+                        e,
+                        rumqttc::ConnectionError::ConnectionRefused(_) | rumqttc::ConnectionError::Tls(_)
+                    ),
+                    message: e.to_string(),
+                })?;
+                Ok(match event {
                     E::Incoming(P::ConnAck(ack)) => Event::Connected {
                         session_present: ack.session_present,
                     },
@@ -204,7 +226,14 @@ impl EventLoop {
             EventLoop::V5(el) => {
                 use rumqttc::v5::{Event as E, Incoming as P};
                 use rumqttc::Outgoing as O;
-                Ok(match el.poll().await.map_err(|e| e.to_string())? {
+                let event = el.poll().await.map_err(|e| PollError {
+                    lasting: matches!(
+                        e,
+                        rumqttc::v5::ConnectionError::ConnectionRefused(_) | rumqttc::v5::ConnectionError::Tls(_)
+                    ),
+                    message: e.to_string(),
+                })?;
+                Ok(match event {
                     E::Incoming(P::ConnAck(ack)) => Event::Connected {
                         session_present: ack.session_present,
                     },
@@ -335,12 +364,19 @@ pub async fn handshake(eventloop: &mut EventLoop, conn: &Connection) -> Result<b
             match eventloop.poll().await {
                 Ok(Event::Connected { session_present }) => return Ok(session_present),
                 Ok(_) => {}
-                Err(e) => return Err(ConnectorError::msg(format!("cannot connect to {broker}: {e}"))),
+                Err(e) => {
+                    let message = format!("cannot connect to {broker}: {e}");
+                    return Err(if e.lasting {
+                        ConnectorError::msg(message)
+                    } else {
+                        ConnectorError::transient(message)
+                    });
+                }
             }
         }
     };
     tokio::time::timeout(conn.connect_timeout, attempt).await.map_err(|_| {
-        ConnectorError::msg(format!(
+        ConnectorError::transient(format!(
             "no answer from {} within {:?}",
             conn.broker(),
             conn.connect_timeout

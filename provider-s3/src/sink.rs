@@ -64,9 +64,10 @@ pub struct SinkConfig {
     /// prefix older than this are aborted (left by a killed provider; default `1h`; `0s` aborts
     /// every upload started before the link).
     pub abort_incomplete_after: Option<Duration>,
-    /// `spool_dir`: when set, a write succeeds once its records are fsynced in a local spool
-    /// under this directory, and objects are written from the spool in the background (default:
-    /// unset, a write waits for its objects).
+    /// Where the link's local spool lives, `None` with `spool = false`: a write succeeds once its
+    /// records are fsynced in the spool, and objects are written from it in the background.
+    /// `spool_dir`, or by default [`default_spool_root`] with a directory per endpoint and bucket.
+    /// With `spool = false` a write waits until its objects are complete.
     pub spool_dir: Option<std::path::PathBuf>,
     /// `spool_max_bytes`: writes answer `retry` while the spool holds this much (default `1GiB`).
     pub spool_max_bytes: u64,
@@ -106,6 +107,11 @@ impl SinkConfig {
                     .map_err(|reason| ConfigError::invalid("abort_incomplete_after", reason))?,
             ),
         };
+        let spool_dir = match (config.bool_or("spool", true)?, config.str("spool_dir")) {
+            (false, _) => None,
+            (true, Some(dir)) => Some(dir.into()),
+            (true, None) => Some(default_spool_root().join(destination(&client))),
+        };
         Ok(Self {
             client,
             template: config.str("key_template").map_or_else(
@@ -133,10 +139,59 @@ impl SinkConfig {
             max_open_objects: config.positive_or("max_open_objects", 8)?,
             max_concurrent_writes: config.positive_or("max_concurrent_writes", 4)?,
             abort_incomplete_after,
-            spool_dir: config.str("spool_dir").map(std::path::PathBuf::from),
+            spool_dir,
             spool_max_bytes: config.size_or("spool_max_bytes", 1 << 30)?,
         })
     }
+}
+
+/// Where spools live when a link names no `spool_dir`: `/var/lib/sluice/s3-spool` when it can be
+/// created (a provider run by root, as on an edge gateway), else `<temp dir>/sluice/s3-spool`.
+#[must_use]
+pub fn default_spool_root() -> std::path::PathBuf {
+    let system = std::path::PathBuf::from("/var/lib/sluice/s3-spool");
+    if std::fs::create_dir_all(&system).is_ok() {
+        system
+    } else {
+        std::env::temp_dir().join("sluice").join("s3-spool")
+    }
+}
+
+/// A directory name for a link's destination (endpoint and bucket), so that links of the same
+/// component and name writing to different places never share a spool.
+fn destination(client: &ClientConfig) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    // FNV-1a: stable across builds and platforms, unlike std's default hasher.
+    struct Fnv(u64);
+    impl std::hash::Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    let mut hasher = Fnv(0xcbf2_9ce4_8422_2325);
+    (
+        client.endpoint.as_deref().unwrap_or("aws"),
+        &client.region,
+        &client.bucket,
+    )
+        .hash(&mut hasher);
+    let bucket: String = client
+        .bucket
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{bucket}-{:016x}", hasher.finish())
 }
 
 /// What became of an object: `Ok` once complete and visible, else why not.
@@ -766,5 +821,43 @@ impl Drop for S3Writer {
         if let Some(spooled) = &self.spool {
             spooled.drainer.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use sluice_provider_core::{ConfigReader, Secret};
+
+    use super::*;
+
+    fn parse(extra: &[(&str, &str)]) -> SinkConfig {
+        let values: HashMap<String, String> = [("bucket", "readings"), ("endpoint", "http://127.0.0.1:9000")]
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let secrets = HashMap::from([
+            ("access_key_id".to_string(), Secret::new("id")),
+            ("secret_access_key".to_string(), Secret::new("secret")),
+        ]);
+        SinkConfig::from_config(&ConfigReader::new(&values, &secrets)).unwrap()
+    }
+
+    #[test]
+    fn a_write_is_spooled_by_default_in_a_directory_per_destination() {
+        let a = parse(&[]).spool_dir.expect("spooled by default");
+        assert!(a.starts_with(default_spool_root()), "{}", a.display());
+        let name = a.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with("readings-"), "{name}");
+        let b = parse(&[("endpoint", "http://127.0.0.1:9001")]).spool_dir.unwrap();
+        assert_ne!(a, b, "another endpoint, another spool");
+        assert_eq!(parse(&[]).spool_dir.unwrap(), a, "the same destination, the same spool");
+        assert_eq!(
+            parse(&[("spool_dir", "/data/spool")]).spool_dir,
+            Some("/data/spool".into())
+        );
+        assert_eq!(parse(&[("spool", "false")]).spool_dir, None);
     }
 }

@@ -5,6 +5,10 @@
 //! (aws-sdk-s3, rdkafka).
 
 mod common;
+#[path = "lattice/examples.rs"]
+mod examples;
+#[path = "lattice/recovery.rs"]
+mod recovery;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -102,29 +106,27 @@ async fn s3_records(client: &aws_sdk_s3::Client, bucket: &str) -> BTreeMap<Strin
 
 /// Publishes `n` sensor readings with devices `{prefix}{i}` to `topic` with QoS 1 (mosquitto_pub).
 fn publish(mqtt: &Mosquitto, topic: &str, prefix: &str, n: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"device":"{prefix}{i}","temp":{},"site":"plant-a"}}"#,
+                20.0 + i as f64 / 100.0
+            )
+        })
+        .collect();
+    publish_lines(mqtt.port, topic, &lines);
+}
+
+/// Publishes each of `lines` as one message to `topic` with QoS 1 (mosquitto_pub).
+fn publish_lines(port: u16, topic: &str, lines: &[String]) {
     let mut child = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &mqtt.port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-l",
-        ])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-l"])
         .stdin(Stdio::piped())
         .spawn()
         .expect("mosquitto_pub");
     let mut stdin = child.stdin.take().unwrap();
-    for i in 0..n {
-        writeln!(
-            stdin,
-            r#"{{"device":"{prefix}{i}","temp":{},"site":"plant-a"}}"#,
-            20.0 + i as f64 / 100.0
-        )
-        .unwrap();
+    for line in lines {
+        writeln!(stdin, "{line}").unwrap();
     }
     drop(stdin);
     assert!(child.wait().unwrap().success());

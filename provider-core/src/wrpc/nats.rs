@@ -102,6 +102,17 @@ impl Client {
         }
     }
 
+    /// The most parameter bytes a call can carry in its invocation message alone: the server's
+    /// `max_payload` less room for the reply subject and headers. A wasmCloud 1.x host reads
+    /// the rest of a larger call's parameters through a subscription that may lose them (see
+    /// [`HandshakeRepeater`]), so callers keep batches within this.
+    #[must_use]
+    pub fn max_call_bytes(&self) -> u64 {
+        const ROOM_FOR_SUBJECT_AND_HEADERS: usize = 8 << 10;
+        let max = self.inbox.nats.server_info().max_payload;
+        max.saturating_sub(ROOM_FOR_SUBJECT_AND_HEADERS).max(max / 2) as u64
+    }
+
     /// Sends header `name: value` with every call, unless the call's own headers carry `name`.
     #[must_use]
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
@@ -190,20 +201,94 @@ impl Inbox {
             .max(1)
     }
 
-    /// Answers an invocation: routes `S.params`, then tells the caller `S`.
+    /// Answers an invocation: routes `S.params`, then tells the caller `S`, again and again
+    /// until the caller is heard on `S.params` (see [`HandshakeRepeater`]).
     async fn accept(&self, invocation: async_nats::Message) -> anyhow::Result<(Option<HeaderMap>, Writer, Reader)> {
         let reply = invocation.reply.context("wRPC invocation without a reply subject")?;
         let own = self.fresh_subject();
         let params = self.route(format!("{own}.params"));
         self.nats
-            .publish_with_reply(reply.clone(), own, Bytes::new())
+            .publish_with_reply(reply.clone(), own.clone(), Bytes::new())
             .await
             .context("failed to answer the wRPC handshake")?;
+        let params = HandshakeRepeater {
+            nats: self.nats.clone(),
+            caller: Subject::from(reply.to_string()),
+            own: Subject::from(own),
+        }
+        .spawn(params);
         Ok((
             invocation.headers,
             Writer::new(self.nats.clone(), format!("{reply}.results")),
             Reader::new(invocation.payload, params),
         ))
+    }
+}
+
+/// Repeats a server's handshake answer until the caller shows it arrived, by sending on the
+/// server's `S.params` (the rest of its parameters, or the empty message that ends them).
+///
+/// A wasmCloud 1.x host calls providers with `wrpc-transport-nats` 0.29, whose inbox task may
+/// route a message before it has registered the call's subscription, and then drops it. When the
+/// dropped message is the handshake, the host never sends the end of the parameters and waits for
+/// the handshake until the component's `max_execution_time` (10 minutes by default): the
+/// invocation holds one of the component's instances all that time, and with `instances: 1` the
+/// whole pipeline stops. A repeated handshake arrives once the subscription exists; a caller that
+/// already has one ignores the others (its handshake subscription is gone).
+struct HandshakeRepeater {
+    nats: async_nats::Client,
+    caller: Subject,
+    own: Subject,
+}
+
+impl HandshakeRepeater {
+    /// First repeat, after the handshake went out.
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+    /// Most time between repeats.
+    const MAX: std::time::Duration = std::time::Duration::from_secs(1);
+    /// How long a caller that stays silent is answered: a caller that died mid-call is given up.
+    const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(120);
+
+    /// Forwards the messages of `params` to the returned receiver, repeating the handshake until
+    /// the first of them arrives. Ends at the end of the parameters, or when nobody reads them
+    /// any more and the caller has been heard (or given up).
+    fn spawn(self, mut params: Route) -> mpsc::UnboundedReceiver<async_nats::Message> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut delay = Self::FIRST;
+            // Until the caller is heard: repeat the handshake, keep what arrives.
+            let first = loop {
+                tokio::select! {
+                    msg = params.rx.recv() => break msg,
+                    () = tokio::time::sleep(delay) => {
+                        if started.elapsed() >= Self::GIVE_UP {
+                            debug!(caller = %self.caller, "wRPC caller never sent its parameters: given up");
+                            return;
+                        }
+                        trace!(caller = %self.caller, "repeating the wRPC handshake");
+                        if let Err(err) = self.nats.publish_with_reply(self.caller.clone(), self.own.clone(), Bytes::new()).await {
+                            debug!(%err, "failed to repeat the wRPC handshake");
+                            return;
+                        }
+                        delay = (delay * 2).min(Self::MAX);
+                    }
+                }
+            };
+            let mut next = first;
+            // Then forward the parameters to their reader until they end.
+            while let Some(msg) = next {
+                let end = msg.payload.is_empty();
+                if tx.send(msg).is_err() || end {
+                    return;
+                }
+                next = tokio::select! {
+                    msg = params.rx.recv() => msg,
+                    () = tx.closed() => return,
+                };
+            }
+        });
+        rx
     }
 }
 
@@ -323,14 +408,41 @@ impl wrpc_transport::Serve for Client {
 /// the call's route until an empty one.
 pub struct Reader {
     buffer: Bytes,
-    route: Option<Route>,
+    incoming: Option<Incoming>,
+}
+
+/// Where the rest of a call's stream arrives: its route, or a task forwarding from it.
+enum Incoming {
+    Route(Route),
+    Forwarded(mpsc::UnboundedReceiver<async_nats::Message>),
+}
+
+impl Incoming {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<async_nats::Message>> {
+        match self {
+            Self::Route(route) => route.rx.poll_recv(cx),
+            Self::Forwarded(rx) => rx.poll_recv(cx),
+        }
+    }
+}
+
+impl From<Route> for Incoming {
+    fn from(route: Route) -> Self {
+        Self::Route(route)
+    }
+}
+
+impl From<mpsc::UnboundedReceiver<async_nats::Message>> for Incoming {
+    fn from(rx: mpsc::UnboundedReceiver<async_nats::Message>) -> Self {
+        Self::Forwarded(rx)
+    }
 }
 
 impl Reader {
-    fn new(buffer: Bytes, route: Route) -> Self {
+    fn new(buffer: Bytes, incoming: impl Into<Incoming>) -> Self {
         Self {
             buffer,
-            route: Some(route),
+            incoming: Some(incoming.into()),
         }
     }
 }
@@ -347,14 +459,14 @@ impl AsyncRead for Reader {
             return Poll::Ready(Ok(()));
         }
         if self.buffer.is_empty() {
-            let Some(route) = self.route.as_mut() else {
+            let Some(incoming) = self.incoming.as_mut() else {
                 return Poll::Ready(Ok(()));
             };
-            match ready!(route.rx.poll_recv(cx)) {
+            match ready!(incoming.poll_recv(cx)) {
                 Some(msg) if !msg.payload.is_empty() => self.buffer = msg.payload,
                 // An empty message ends the stream; so does a closed connection.
                 _ => {
-                    self.route = None;
+                    self.incoming = None;
                     return Poll::Ready(Ok(()));
                 }
             }

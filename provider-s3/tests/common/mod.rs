@@ -43,8 +43,13 @@ impl Env {
         config
     }
 
+    /// A sink link; in the mode where a write waits for its objects (`spool = false`) unless
+    /// `extra` says otherwise, since that is what most sink tests examine.
     pub fn sink_link(&self, component: &str, name: &str, bucket: &str, extra: &[(&str, &str)]) -> Link {
-        let config = self.config(bucket, extra);
+        let mut config = self.config(bucket, extra);
+        if !extra.iter().any(|(k, _)| k.starts_with("spool")) {
+            config.push(("spool".to_string(), "false".to_string()));
+        }
         let pairs: Vec<(&str, &str)> = config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         self.with_secrets(Link::sink(component, PROVIDER, name, &pairs))
     }

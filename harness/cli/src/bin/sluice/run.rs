@@ -1,6 +1,6 @@
 //! `sluice run pipeline.yaml`: start (or reuse) a local nats-server with JetStream, an embedded
 //! wasmCloud host and wadm, deploy the pipeline through wadm, show its counters on one line until
-//! Ctrl-C, then undeploy and stop everything. `--lattice-url` deploys to an existing lattice
+//! Ctrl-C or SIGTERM, then undeploy and stop everything, ending any process the host left behind. `--lattice-url` deploys to an existing lattice
 //! (its hosts and wadm) instead.
 
 use std::collections::HashMap;
@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use sluice_deploy::children;
 use sluice_deploy::local::LocalLattice;
 use sluice_deploy::pipeline::Deployment;
 use sluice_deploy::secrets::SecretEntry;
@@ -116,9 +117,27 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     let result = watch(&nats, &spec, &par_dir, &spec_dir, args.duration).await;
     if let Some(lattice) = lattice {
         eprintln!("stopping the host, wadm and nats-server");
-        lattice.stop().await?;
+        let stopped = lattice.stop().await;
+        // Whatever the host did not stop (a provider it restarted) ends with this command.
+        let stray = tokio::task::spawn_blocking(|| children::end_all_but(&[], Duration::from_secs(5))).await?;
+        if !stray.is_empty() {
+            eprintln!("ended {} process(es) the host left running: {stray:?}", stray.len());
+        }
+        stopped?;
     }
     result
+}
+
+/// Resolves at Ctrl-C (SIGINT) or SIGTERM.
+async fn interrupted() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 async fn watch(
@@ -133,9 +152,7 @@ async fn watch(
     let stop = async {
         match duration {
             Some(d) => tokio::time::sleep(d).await,
-            None => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            None => interrupted().await,
         }
     };
     tokio::pin!(stop);

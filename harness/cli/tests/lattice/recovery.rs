@@ -1,0 +1,245 @@
+//! The assembled pipeline on the real host through failures: providers killed with SIGKILL
+//! mid-stream (the host restarts them), and the S3 endpoint unreachable at deploy and for a minute
+//! while records flow. Records are counted: none lost, duplicates reported.
+
+use std::time::{Duration, Instant};
+
+use sluice_deploy::children;
+use sluice_integration::proxy::Proxy;
+
+use super::*;
+
+/// How soon a restarted provider must be moving records again.
+const RESUME: Duration = Duration::from_secs(10);
+
+/// The pid of the provider the host `host` started from `package`'s archive.
+fn provider_pid(host: &str, package: &str) -> Option<u32> {
+    children::running()
+        .into_iter()
+        .find(|c| c.is_provider(host, package))
+        .map(|c| c.pid)
+}
+
+/// Waits for a provider of `package` whose pid is not `old`; returns it.
+async fn restarted(host: &str, package: &str, old: u32) -> u32 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match provider_pid(host, package) {
+            Some(pid) if pid != old => return pid,
+            _ if Instant::now() > deadline => panic!("the host did not restart {package}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// CPU time a process has used, in clock ticks (user + system, from `/proc/<pid>/stat`).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields after the name start at `state` (field 3): utime is field 14, stime 15.
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(14) + field(15)
+}
+
+fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf with a valid name.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100)
+}
+
+/// Publishes `n` readings `{prefix}{i}` in `chunks` parts, `pause` apart, from a blocking thread.
+fn publish_paced(
+    mqtt: &Mosquitto,
+    topic: &str,
+    prefix: &'static str,
+    n: usize,
+    chunks: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let (port, topic) = (mqtt.port, topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let per = n.div_ceil(chunks);
+        for chunk in 0..chunks {
+            let lines: Vec<String> = (chunk * per..((chunk + 1) * per).min(n))
+                .map(|i| {
+                    format!(
+                        r#"{{"device":"{prefix}{i}","temp":{},"site":"plant-k"}}"#,
+                        20.0 + i as f64 / 100.0
+                    )
+                })
+                .collect();
+            publish_lines(port, &topic, &lines);
+            std::thread::sleep(pause);
+        }
+    })
+}
+
+/// Waits until the pipeline's `end` link (`source` or `sink`) has counted more than `at_least`
+/// records (delivered at the source, written at the sink).
+async fn moving(deployment: &Deployment, end: &str, at_least: u64, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let progress = deployment.progress().await;
+        let count = match end {
+            "source" => progress.source.map(|l| l.metrics.delivered),
+            _ => progress.sink.map(|l| l.metrics.written),
+        };
+        if count.unwrap_or(0) > at_least {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_source_and_sink_providers_are_restarted_and_nothing_is_lost() {
+    sluice_integration::init_tracing();
+    let _permit = LATTICES.acquire().await.unwrap();
+    let (par, dir) = (archives().await, pipeline_dir());
+    let (mqtt, s3) = (Mosquitto::start().unwrap(), S3Server::start().unwrap());
+    let client = s3.client();
+    s3.create_bucket("killed").await.unwrap();
+    let mut lattice = LocalLattice::start(None).await.unwrap();
+    let host = lattice.add_host("plant-k").await.unwrap();
+    lattice
+        .serve_secrets("nats-kv", secrets("killed-to-s3", &s3, "customer-a"))
+        .await
+        .unwrap();
+    let spec = PipelineSpec::parse(&mqtt_to_s3("killed-to-s3", "plant-k", &mqtt, &s3, "killed/#", "killed")).unwrap();
+    let deployment = Deployment::start(lattice.nats(), &spec, &par, &dir).await.unwrap();
+    deployment.wait_linked(WAIT).await.unwrap();
+
+    let n = 4000;
+    let publisher = publish_paced(&mqtt, "killed/line-1", "k-", n, 40, Duration::from_millis(150));
+    for package in ["sluice-provider-mqtt", "sluice-provider-s3"] {
+        let end = if package.ends_with("mqtt") { "source" } else { "sink" };
+        assert!(
+            moving(&deployment, end, 0, WAIT).await,
+            "{package}: nothing moved before the kill"
+        );
+        let pid = provider_pid(&host, package).expect("the provider runs");
+        assert!(Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+        let killed = Instant::now();
+        let new = restarted(&host, package, pid).await;
+        let restarted_after = killed.elapsed();
+        // The restarted provider counts from zero: moving again means its own counter grows.
+        assert!(
+            moving(&deployment, end, 0, RESUME).await,
+            "{package} (pid {new}, restarted {restarted_after:?} after the kill) moved nothing within {RESUME:?}: {}",
+            deployment.progress().await
+        );
+        eprintln!(
+            "{package}: killed, restarted after {restarted_after:?}, moving again after {:?}",
+            killed.elapsed()
+        );
+    }
+    publisher.await.unwrap();
+    let wanted = expected("k-", n);
+    let got = wait_s3(&client, "killed", &wanted).await;
+    assert_eq!(
+        lost(&got, &wanted),
+        Vec::<String>::new(),
+        "records lost across the kills; seaweedfs log ends:\n{}",
+        s3.process().log_tail(30)
+    );
+    let duplicated = got.values().filter(|c| **c > 1).count();
+    eprintln!("killed source and sink: {n} readings, 0 lost, {duplicated} duplicated");
+    deployment.undeploy().await.unwrap();
+    lattice.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_unreachable_at_deploy_and_for_a_minute_loses_nothing_and_idles() {
+    sluice_integration::init_tracing();
+    let _permit = LATTICES.acquire().await.unwrap();
+    let (par, dir) = (archives().await, pipeline_dir());
+    let (mqtt, s3) = (Mosquitto::start().unwrap(), S3Server::start().unwrap());
+    let client = s3.client();
+    s3.create_bucket("outage").await.unwrap();
+    // The providers reach S3 only through a proxy, down at deploy.
+    let proxy = Proxy::start(s3.port(), false).await.unwrap();
+    let mut lattice = LocalLattice::start(None).await.unwrap();
+    let host = lattice.add_host("plant-o").await.unwrap();
+    lattice
+        .serve_secrets("nats-kv", secrets("outage-to-s3", &s3, "customer-a"))
+        .await
+        .unwrap();
+    let yaml = mqtt_to_s3("outage-to-s3", "plant-o", &mqtt, &s3, "outage/#", "outage")
+        .replace(&s3.endpoint(), &format!("http://127.0.0.1:{}", proxy.port()));
+    let spec = PipelineSpec::parse(&yaml).unwrap();
+    let deployment = Deployment::start(lattice.nats(), &spec, &par, &dir).await.unwrap();
+
+    // Unreachable at deploy: degraded and retrying, never refused.
+    let deadline = Instant::now() + WAIT;
+    let degraded = loop {
+        let progress = deployment.progress().await;
+        assert!(progress.refused.is_empty(), "the sink link was refused: {progress}");
+        if let Some(reason) = progress.sink.as_ref().and_then(|l| l.degraded.clone()) {
+            break reason;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sink link never showed as degraded: {progress}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("sink degraded at deploy: {degraded}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(deployment.progress().await.refused.is_empty());
+    let first = 200;
+    publish(&mqtt, "outage/line-1", "before-", first);
+    proxy.set_up(true);
+    let got = wait_s3(&client, "outage", &expected("before-", first)).await;
+    assert_eq!(
+        lost(&got, &expected("before-", first)),
+        Vec::<String>::new(),
+        "{}",
+        deployment.progress().await
+    );
+    assert_eq!(deployment.progress().await.sink.unwrap().degraded, None);
+
+    // A minute without S3 while readings keep coming: the providers wait without spinning.
+    proxy.set_up(false);
+    let during = 500;
+    publish(&mqtt, "outage/line-1", "during-", during);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let pids: Vec<(&str, u32)> = ["sluice-provider-mqtt", "sluice-provider-s3"]
+        .into_iter()
+        .map(|p| (p, provider_pid(&host, p).expect("the provider runs")))
+        .collect();
+    let before: Vec<u64> = pids.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
+    let window = Duration::from_secs(30);
+    tokio::time::sleep(window).await;
+    for ((package, pid), before) in pids.iter().zip(before) {
+        let used = (cpu_ticks(*pid) - before) as f64 / ticks_per_second() as f64;
+        let share = used / window.as_secs_f64();
+        eprintln!("{package} during the outage: {:.1}% of a core", share * 100.0);
+        assert!(
+            share < 0.05,
+            "{package} used {:.1}% of a core waiting for S3",
+            share * 100.0
+        );
+    }
+    proxy.set_up(true);
+    let mut wanted = expected("before-", first);
+    wanted.extend(expected("during-", during));
+    let got = wait_s3(&client, "outage", &wanted).await;
+    assert_eq!(
+        lost(&got, &wanted),
+        Vec::<String>::new(),
+        "records lost across the outage: {}",
+        deployment.progress().await
+    );
+    eprintln!(
+        "S3 outage at deploy and for 60 s: {} readings, 0 lost, {} duplicated",
+        wanted.len(),
+        got.values().filter(|c| **c > 1).count()
+    );
+    deployment.undeploy().await.unwrap();
+    lattice.stop().await.unwrap();
+}
