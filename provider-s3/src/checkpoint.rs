@@ -19,6 +19,16 @@ pub struct Checkpoint {
     pub current: Option<Position>,
 }
 
+impl Checkpoint {
+    /// Records `key` (with `etag`) as read to the end and accepted.
+    pub fn finish(&mut self, key: &str, etag: &str) {
+        self.done.insert(key.to_string(), etag.to_string());
+        if self.current.as_ref().is_some_and(|c| c.key == key) {
+            self.current = None;
+        }
+    }
+}
+
 /// How far into one object records were accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {

@@ -15,6 +15,7 @@
 pub mod checkpoint;
 pub mod client;
 pub mod format;
+pub mod lines;
 pub mod sink;
 pub mod source;
 pub mod spool;

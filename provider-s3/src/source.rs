@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_provider_core::{ConfigError, ConfigReader, ConnectorError, LinkKey, Message, Record};
-use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, Position};
 use crate::client::{ClientConfig, S3Error};
+use crate::lines::{read_line, strip_newline};
 
 /// How an object becomes records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,9 @@ pub struct SourceConfig {
     pub split: SplitMode,
     /// `max_object_size`: largest object `split = object` delivers (default `16MiB`).
     pub max_object_size: u64,
+    /// `max_record_size`: longest line `split = lines|jsonl` delivers (default `1MiB`); a longer
+    /// line is skipped, logged with its origin like a dead-lettered record, and the object goes on.
+    pub max_record_size: usize,
     /// `after_done`: `keep` (default), `delete` or `move` (with `move_prefix`).
     pub after_done: AfterDone,
     /// `checkpoint_file`: a local file for the checkpoint; else `checkpoint_key` in the bucket
@@ -108,6 +111,15 @@ impl SourceConfig {
             poll_interval: config.duration_or("poll_interval", Duration::from_secs(5))?,
             split,
             max_object_size: config.size_or("max_object_size", 16 << 20)?,
+            max_record_size: match usize::try_from(config.size_or("max_record_size", 1 << 20)?) {
+                Ok(0) | Err(_) => {
+                    return Err(ConfigError::invalid(
+                        "max_record_size",
+                        "expected a size above 0 that fits in memory",
+                    ))
+                }
+                Ok(n) => n,
+            },
             after_done,
             checkpoint_file: config.str("checkpoint_file").map(str::to_string),
             checkpoint_key: config.str("checkpoint_key").map(str::to_string),
@@ -132,6 +144,14 @@ pub struct Ack {
 struct Progress {
     checkpoint: Checkpoint,
     version: u64,
+}
+
+impl Progress {
+    /// Counts a change of the checkpoint; the new version.
+    fn bump(&mut self) -> u64 {
+        self.version += 1;
+        self.version
+    }
 }
 
 /// Reads one source link.
@@ -223,10 +243,7 @@ impl sluice_provider_core::SourceReader for S3Reader {
             let mut p = lock(&self.progress);
             for ack in acks {
                 if ack.last {
-                    p.checkpoint.done.insert(ack.key.to_string(), ack.etag.to_string());
-                    if p.checkpoint.current.as_ref().is_some_and(|c| *c.key == *ack.key) {
-                        p.checkpoint.current = None;
-                    }
+                    p.checkpoint.finish(&ack.key, &ack.etag);
                 } else {
                     p.checkpoint.current = Some(Position {
                         key: ack.key.to_string(),
@@ -236,8 +253,7 @@ impl sluice_provider_core::SourceReader for S3Reader {
                     });
                 }
             }
-            p.version += 1;
-            p.version
+            p.bump()
         };
         self.changed.send_replace(version);
         std::future::ready(Ok(()))
@@ -461,10 +477,7 @@ impl Scanner {
             let mut p = lock(&self.progress);
             let before = p.checkpoint.done.len();
             p.checkpoint.done.retain(|k, _| seen.contains(k));
-            (p.checkpoint.done.len() != before).then(|| {
-                p.version += 1;
-                p.version
-            })
+            (p.checkpoint.done.len() != before).then(|| p.bump())
         };
         if let Some(v) = version {
             self.changed.send_replace(v);
@@ -495,6 +508,7 @@ impl Scanner {
         };
         // A line read but not sent yet: it is the object's last only if nothing follows it.
         let mut held: Option<(Vec<u8>, u64, u64)> = None;
+        let mut skipped = false;
         let mut retries = 0u32;
         'stream: while offset < object.size {
             let mut request = self.client.get_object().bucket(&bucket).key(&object.key);
@@ -524,8 +538,8 @@ impl Scanner {
             let mut reader = tokio::io::BufReader::with_capacity(64 << 10, body.into_async_read());
             loop {
                 let mut buf = Vec::new();
-                let n = match reader.read_until(b'\n', &mut buf).await {
-                    Ok(n) => n,
+                let read = match read_line(&mut reader, &mut buf, self.config.max_record_size).await {
+                    Ok(read) => read,
                     Err(err) => {
                         retries += 1;
                         if retries > 5 {
@@ -540,12 +554,12 @@ impl Scanner {
                         continue 'stream;
                     }
                 };
-                if n == 0 {
+                if read.consumed == 0 {
                     break 'stream;
                 }
                 // A partial last line (no `\n`, and more may follow after a broken stream) is
                 // only taken once the object's size says it is the end.
-                if buf.last() != Some(&b'\n') && offset + (n as u64) < object.size {
+                if !read.newline && offset + read.consumed < object.size {
                     retries += 1;
                     if retries > 5 {
                         return Err(S3Error {
@@ -557,24 +571,47 @@ impl Scanner {
                     }
                     continue 'stream;
                 }
-                offset += n as u64;
+                offset += read.consumed;
                 line += 1;
+                if read.oversized {
+                    // Dropped like a dead-lettered record (logged with its origin); the held line
+                    // stays held, so the object's last delivered line still marks it done.
+                    warn!(
+                        link = %self.link,
+                        origin = %origin(line),
+                        bytes = read.consumed,
+                        max_record_size = self.config.max_record_size,
+                        "line longer than `max_record_size`: skipped"
+                    );
+                    skipped = true;
+                    continue;
+                }
                 if let Some((payload, l, end)) = held.take() {
                     self.send(message(payload, l), &key, &etag, l, end, false).await;
                 }
-                if buf.last() == Some(&b'\n') {
-                    buf.pop();
-                    if buf.last() == Some(&b'\r') {
-                        buf.pop();
-                    }
-                }
+                strip_newline(&mut buf);
                 held = Some((buf, line, offset));
             }
         }
-        if let Some((payload, l, end)) = held.take() {
-            self.send(message(payload, l), &key, &etag, l, end, true).await;
+        match held.take() {
+            Some((payload, l, end)) => self.send(message(payload, l), &key, &etag, l, end, true).await,
+            // Every line read was too long: no record will mark the object done, so it is
+            // marked here (nothing of it is in flight) instead of being read again each pass.
+            None if skipped => self.finish_unsent(&object.key, &object.etag),
+            None => {}
         }
         Ok(())
+    }
+
+    /// Marks an object done that delivered no record, and has the checkpoint saved.
+    fn finish_unsent(&mut self, key: &str, etag: &str) {
+        let version = {
+            let mut p = lock(&self.progress);
+            p.checkpoint.finish(key, etag);
+            p.bump()
+        };
+        self.sent.insert(key.to_string(), etag.to_string());
+        self.changed.send_replace(version);
     }
 
     async fn send(&mut self, mut message: Message, key: &Arc<str>, etag: &Arc<str>, line: u64, end: u64, last: bool) {

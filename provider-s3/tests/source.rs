@@ -199,3 +199,52 @@ async fn delete_after_done_with_a_local_checkpoint_and_jsonl_split() {
     assert_eq!(step.accepted().len(), 9, "moved objects are not read again");
     provider.terminate().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_longer_than_max_record_size_is_skipped_in_bounded_memory() {
+    let env = Env::start().await;
+    env.bucket("long").await;
+    // 64 MiB without a newline, then ordinary lines; an object after it; one that is a single
+    // line of 2 MiB (no record at all, yet it must be marked done and not read again).
+    let mut body = vec![b'x'; 64 << 20];
+    body.extend_from_slice(b"\nafter-1\nafter-2\n");
+    common::put(&env.client, "long", "l/0-long.txt", body).await;
+    common::put(&env.client, "long", "l/1-next.txt", "next-1\n").await;
+    common::put(&env.client, "long", "l/2-only-long.txt", vec![b'y'; 2 << 20]).await;
+    let client = env.nats.connect().await.unwrap();
+    let step = FakeComponent::serve(&client, "default", "step-long").await.unwrap();
+    let mut provider = HostedProvider::start(&env.nats, BINARY, PROVIDER, &[]).await.unwrap();
+    provider
+        .put_link(env.source_link(
+            "step-long",
+            "default",
+            "long",
+            &[("prefix", "l/"), ("poll_interval", "200ms")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_accepted(&step, 3, Duration::from_secs(60)).await,
+        3,
+        "{}",
+        provider.logs()
+    );
+    // A few more listings: the skipped lines are not read again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let payloads = sluice_integration::component::payloads(&step.accepted());
+    assert_eq!(payloads, ["after-1", "after-2", "next-1"]);
+    let peak = common::peak_rss_kib(provider.pid().unwrap());
+    let logs = provider.logs();
+    eprintln!("64 MiB line skipped; provider peak RSS {} MiB", peak / 1024);
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+    assert!(
+        logs.contains("s3:long/l/0-long.txt#1"),
+        "the skipped line is logged by origin:\n{logs}"
+    );
+    assert_eq!(
+        logs.matches("s3:long/l/2-only-long.txt#1").count(),
+        1,
+        "an object of only a skipped line is done after one read:\n{logs}"
+    );
+    provider.terminate().await.unwrap();
+}
