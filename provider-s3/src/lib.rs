@@ -20,6 +20,7 @@ pub mod sink;
 pub mod source;
 pub mod spool;
 pub mod template;
+pub mod uploads;
 
 use sluice_provider_core::{ConfigError, ConfigReader, ConnectorError, LinkKey, SinkConnector, SourceConnector};
 

@@ -638,3 +638,77 @@ async fn spool_mode_acknowledges_once_fsynced_and_a_restart_uploads_the_rest() {
     provider.terminate().await.unwrap();
     let _ = std::fs::remove_dir_all(&spool_dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_one_link_never_aborts_another_links_upload_under_the_same_prefix() {
+    let size = 1024;
+    let records = 6 * 1024u64;
+    let env = Env::start().await;
+    env.bucket("shared").await;
+    let client = env.nats.connect().await.unwrap();
+    let a = FakeComponent::serve(&client, "default", "step-a").await.unwrap();
+    let mut provider = HostedProvider::start(&env.nats, BINARY, PROVIDER, &[]).await.unwrap();
+    // Two pipelines, each with a link named `default` and the default key template: both write
+    // under `default/`. B aborts every upload it left as soon as it starts.
+    let link = |component: &str, age: &'static str| {
+        env.sink_link(
+            component,
+            "default",
+            "shared",
+            &[
+                ("format", "raw"),
+                ("part_size", "5MiB"),
+                ("max_object_age", age),
+                ("abort_incomplete_after", "0s"),
+            ],
+        )
+    };
+    provider.put_link(link("step-a", "10s")).await.unwrap();
+    provider.put_link(link("step-b", "1s")).await.unwrap();
+
+    // A writes 6 MiB: its first part is uploaded, and its object stays open for 10 s.
+    let batch: Vec<Message> = (0..records)
+        .map(|i| Message::new(big_payload(i, size), format!("a@{i}")))
+        .collect();
+    let writing = tokio::spawn({
+        let a = a.clone();
+        async move { a.write(PROVIDER, "default", &batch).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env.incomplete_uploads("shared", "default/").await == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        env.incomplete_uploads("shared", "default/").await,
+        1,
+        "A's upload is in progress"
+    );
+
+    // B restarts: its link is put again while A's upload runs.
+    provider.delete_link(&link("step-b", "1s")).await.unwrap();
+    provider.put_link(link("step-b", "1s")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!writing.is_finished(), "A's object is still open");
+    assert_eq!(
+        env.incomplete_uploads("shared", "default/").await,
+        1,
+        "B's restart left A's upload alone:\n{}",
+        provider.logs()
+    );
+
+    // A's object completes: the write succeeds and holds every record.
+    match writing.await.unwrap().unwrap() {
+        Ok(()) => {}
+        Err(f) => panic!("A's write failed: {f:?}\n{}", provider.logs()),
+    }
+    let mut counts = HashMap::new();
+    let objects = count_big(&env, "shared", "default/", size, &mut counts).await;
+    assert_eq!(objects, 1);
+    assert_eq!(counts.len() as u64, records);
+    assert_eq!(env.incomplete_uploads("shared", "default/").await, 0);
+    assert!(
+        env.list("shared", "_sluice/uploads/").await.is_empty(),
+        "upload markers are removed once their upload completed"
+    );
+    provider.terminate().await.unwrap();
+}
