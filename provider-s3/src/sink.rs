@@ -72,6 +72,9 @@ pub struct SinkConfig {
     pub spool_dir: Option<std::path::PathBuf>,
     /// `spool_max_bytes`: writes answer `retry` while the spool holds this much (default `1GiB`).
     pub spool_max_bytes: u64,
+    /// `drain_timeout`: spool mode, on link delete or shutdown, how long uploading what the spool
+    /// holds may take; what is left stays in the spool for the next put of the link (default `30s`).
+    pub drain_timeout: Duration,
 }
 
 impl SinkConfig {
@@ -137,6 +140,7 @@ impl SinkConfig {
             abort_incomplete_after,
             spool_dir: config.str("spool_dir").map(std::path::PathBuf::from),
             spool_max_bytes: config.size_or("spool_max_bytes", 1 << 30)?,
+            drain_timeout: config.duration_or("drain_timeout", Duration::from_secs(30))?,
         })
     }
 }
@@ -673,6 +677,53 @@ impl S3Writer {
     }
 }
 
+impl S3Writer {
+    /// Spool mode, link closing: every write was answered, so the spool only empties. Its files
+    /// go into objects, completed at once, for up to `drain_timeout`. What is left then (S3
+    /// unreachable) stays on disk, each file logged, and is uploaded first by the next provider
+    /// that puts this link.
+    async fn drain(&self, spooled: &Spooled) {
+        let shared = &self.shared;
+        let emptied = tokio::time::timeout(shared.config.drain_timeout, async {
+            while spooled.spool.files() > 0 {
+                shared.close_all(&mut *shared.pool.lock().await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .is_ok();
+        spooled.drainer.abort();
+        if emptied {
+            return;
+        }
+        // Stop uploading: the objects holding spooled records are dropped unfinished (their
+        // files stay; an upload already started is aborted at a later start of the link).
+        for task in std::mem::take(&mut *shared.closing.lock().unwrap_or_else(std::sync::PoisonError::into_inner)) {
+            task.abort();
+        }
+        for (_, object) in shared.pool.lock().await.open.drain() {
+            if let Some(pending) = object.upload.and_then(|u| u.pending) {
+                pending.abort();
+            }
+        }
+        let spool = Arc::clone(&spooled.spool);
+        let left = tokio::task::spawn_blocking(move || spool.list())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match left {
+            Ok(left) => {
+                for path in &left {
+                    warn!(link = %shared.link, path = %path.display(), "spooled records not uploaded within `drain_timeout`: the file stays for the next provider that puts this link");
+                }
+                warn!(link = %shared.link, files = left.len(), drain_timeout = ?shared.config.drain_timeout, "link closed with records still spooled");
+            }
+            Err(err) => {
+                warn!(link = %shared.link, error = %err, "link closed with records still spooled; cannot list them")
+            }
+        }
+    }
+}
+
 impl sluice_provider_core::SinkWriter for S3Writer {
     async fn write(&self, batch: Vec<Message>) -> Result<(), Failure> {
         if let Some(spooled) = &self.spool {
@@ -695,8 +746,7 @@ impl sluice_provider_core::SinkWriter for S3Writer {
 
     async fn close(&self) -> Result<(), ConnectorError> {
         if let Some(spooled) = &self.spool {
-            // What is spooled but not yet in objects stays in the spool for the next run.
-            spooled.drainer.abort();
+            self.drain(spooled).await;
         }
         {
             let mut pool = self.shared.pool.lock().await;
