@@ -31,7 +31,10 @@ const PORT_FLAGS: [&str; 8] = [
 #[derive(Debug)]
 pub struct S3Server {
     process: ServerProcess,
+    /// The `weed` arguments, to start it again after [`S3Server::stop`].
+    args: Vec<String>,
     port: u16,
+    master: u16,
     /// The access key id the server accepts.
     pub access_key_id: String,
     /// The secret access key the server accepts.
@@ -53,19 +56,26 @@ impl S3Server {
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]});
         std::fs::write(dir.join("s3.json"), identities.to_string())?;
-        let mut command = Command::new("weed");
-        command
-            .arg("server")
-            .arg(format!("-dir={}", dir.join("data").display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-filer", "-s3"])
-            .arg(format!("-s3.config={}", dir.join("s3.json").display()))
-            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
-            // Volumes of a fixed count and size, and a reserve that fits any test machine.
-            .args([
+        let mut args: Vec<String> = vec![
+            "server".into(),
+            format!("-dir={}", dir.join("data").display()),
+            format!("-s3.config={}", dir.join("s3.json").display()),
+        ];
+        args.extend(
+            [
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-filer",
+                "-s3",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                // Volumes of a fixed count and size, and a reserve that fits any test machine.
                 "-volume.max=64",
                 "-master.volumeSizeLimitMB=64",
                 "-volume.minFreeSpace=16MiB",
-            ]);
+            ]
+            .map(String::from),
+        );
         let (mut port, mut master) = (0, 0);
         for flag in PORT_FLAGS {
             let p = free_port();
@@ -74,18 +84,51 @@ impl S3Server {
                 "master.port" => master = p,
                 _ => {}
             }
-            command.arg(format!("-{flag}={p}"));
+            args.push(format!("-{flag}={p}"));
         }
-        let mut process = ServerProcess::spawn("seaweedfs", command, dir)?;
-        let within = Duration::from_secs(60);
-        process.wait_for_port(port, within)?;
-        wait_writable(&process, master, within)?;
-        Ok(Self {
+        let process = ServerProcess::spawn("seaweedfs", weed(&args), dir)?;
+        let mut server = Self {
             process,
+            args,
             port,
+            master,
             access_key_id,
             secret_access_key,
-        })
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    /// Freezes the server (SIGSTOP): connections are still accepted by the kernel, but no request
+    /// is answered until [`S3Server::resume`], as with a server that hangs.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.process.signal("STOP")
+    }
+
+    /// Lets a paused server go on (SIGCONT); requests sent meanwhile are answered then.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.process.signal("CONT")
+    }
+
+    /// Stops the server (SIGTERM), keeping its data and ports for [`S3Server::start_again`].
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        self.process.terminate()
+    }
+
+    /// Starts a stopped server again on the same ports with the same data; returns once it can
+    /// store data.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        let dir = self.process.dir().to_path_buf();
+        // ServerProcess::spawn truncates the log; keep the old one.
+        let _ = std::fs::rename(dir.join("seaweedfs.log"), dir.join("seaweedfs.before-restart.log"));
+        self.process.respawn(weed(&self.args))?;
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let within = Duration::from_secs(60);
+        self.process.wait_for_port(self.port, within)?;
+        wait_writable(&self.process, self.master, within)
     }
 
     /// The S3 port on 127.0.0.1.
@@ -189,6 +232,13 @@ impl S3Server {
             }
         }
     }
+}
+
+/// `weed` with `args`.
+fn weed(args: &[String]) -> Command {
+    let mut command = Command::new("weed");
+    command.args(args);
+    command
 }
 
 /// The bytes of object `key` in `bucket`, as stored.

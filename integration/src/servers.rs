@@ -106,11 +106,17 @@ impl ServerProcess {
 
     /// Stops the server with SIGTERM (letting it persist its state) and waits for it to exit.
     pub fn terminate(&mut self) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -TERM {} failed", self.name);
+        self.signal("TERM")?;
         self.child.wait()?;
+        Ok(())
+    }
+
+    /// Sends the server `signal` (`TERM`, `STOP`, `CONT`, ...).
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {} failed", self.name);
         Ok(())
     }
 
@@ -132,7 +138,7 @@ impl ServerProcess {
     }
 
     /// Starts `command` again in the same directory, the old process already stopped.
-    fn respawn(&mut self, command: Command) -> anyhow::Result<()> {
+    pub(crate) fn respawn(&mut self, command: Command) -> anyhow::Result<()> {
         let mut next = Self::spawn(self.name, command, self.dir.clone())?;
         std::mem::swap(self, &mut next);
         // The old handle shares the directory with the new process.

@@ -1,6 +1,8 @@
-//! Where a source link keeps its place: finished keys and the position inside the object being
-//! read, stored as JSON in an object of the bucket or in a local file, written whole each time
-//! (a local file via write, fsync, rename).
+//! Where a source link keeps its place, stored as JSON in an object of the bucket or in a local
+//! file (written, fsynced, renamed), rewritten after every acknowledgement. Its size follows the
+//! objects in progress, never the bucket: with `after_done = keep` a high-water mark in listing
+//! order stands for every object before it; with `delete`/`move` only objects finished and not
+//! yet removed are listed.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,10 +15,57 @@ use crate::client::S3Error;
 /// A source link's progress: only what the component accepted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
-    /// Keys read to the end and accepted, with the ETag they had (a replaced object is read again).
+    /// `after_done = keep`: every key up to this one in listing (lexicographic) order was read to
+    /// the end and accepted, or skipped; listings start after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Keys read to the end and accepted that `after` does not cover, with the ETag they had:
+    /// with `delete`/`move`, those not removed yet (a replaced object is read again); with `keep`,
+    /// only what a checkpoint written before the high-water mark listed, until the mark passes it.
+    #[serde(default)]
     pub done: BTreeMap<String, String>,
     /// The object being read, and how much of it was accepted.
     pub current: Option<Position>,
+}
+
+impl Checkpoint {
+    /// Whether `key` with `etag` needs no reading.
+    #[must_use]
+    pub fn is_done(&self, key: &str, etag: &str) -> bool {
+        self.after.as_deref().is_some_and(|after| key <= after) || self.done.get(key).is_some_and(|e| e == etag)
+    }
+
+    /// `keep`: every key up to `key` is done; the high-water mark moves there.
+    pub fn pass(&mut self, key: &str) {
+        if self.after.as_deref().is_none_or(|after| after < key) {
+            self.after = Some(key.to_string());
+        }
+        let after = self.after.as_deref().unwrap_or_default();
+        self.done.retain(|k, _| k.as_str() > after);
+        self.end_current(key);
+    }
+
+    /// `delete`/`move`: `key` with `etag` is done, until [`Checkpoint::removed`].
+    pub fn finish(&mut self, key: &str, etag: &str) {
+        self.done.insert(key.to_string(), etag.to_string());
+        self.end_current(key);
+    }
+
+    /// A finished object was deleted or moved: forgotten (a new object of that key is new).
+    /// Whether the checkpoint changed.
+    pub fn removed(&mut self, key: &str, etag: &str) -> bool {
+        if self.done.get(key).is_some_and(|e| e == etag) {
+            self.done.remove(key);
+            return true;
+        }
+        false
+    }
+
+    fn end_current(&mut self, key: &str) {
+        if self.current.as_ref().is_some_and(|c| c.key == key) {
+            self.current = None;
+        }
+    }
 }
 
 /// How far into one object records were accepted.
@@ -157,7 +206,7 @@ mod tests {
         let store = CheckpointStore::File(dir.join("sub/c.json"));
         assert_eq!(store.load().await.unwrap(), Checkpoint::default());
         let mut c = Checkpoint::default();
-        c.done.insert("a".into(), "e1".into());
+        c.finish("a", "e1");
         c.current = Some(Position {
             key: "b".into(),
             etag: "e2".into(),
@@ -170,5 +219,38 @@ mod tests {
         let err = store.load().await.unwrap_err().to_string();
         assert!(err.contains("corrupt"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_high_water_mark_covers_every_key_before_it_and_stays_small() {
+        // Written before the mark existed: every finished key listed.
+        let mut c: Checkpoint = serde_json::from_str(r#"{"done":{"a":"1","b":"2","x":"9"},"current":null}"#).unwrap();
+        assert!(c.is_done("b", "2") && !c.is_done("b", "3") && !c.is_done("c", "1"));
+        for i in 0..10_000 {
+            let key = format!("c/{i:05}");
+            c.current = Some(Position {
+                key: key.clone(),
+                etag: "e".into(),
+                line: 1,
+                offset: 1,
+            });
+            c.pass(&key);
+        }
+        assert!(c.is_done("a", "other etag") && c.is_done("c/04711", "e") && !c.is_done("c/10000", "e"));
+        assert_eq!(c.current, None);
+        assert_eq!(
+            c.done.keys().collect::<Vec<_>>(),
+            ["x"],
+            "keys beyond the mark stay listed"
+        );
+        assert!(serde_json::to_vec(&c).unwrap().len() < 100);
+        c.pass("a");
+        assert_eq!(c.after.as_deref(), Some("c/09999"), "the mark never moves back");
+
+        let mut d = Checkpoint::default();
+        d.finish("k", "1");
+        assert!(d.is_done("k", "1") && !d.is_done("k", "2"));
+        assert!(!d.removed("k", "2"));
+        assert!(d.removed("k", "1") && d.done.is_empty());
     }
 }

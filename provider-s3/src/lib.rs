@@ -15,10 +15,12 @@
 pub mod checkpoint;
 pub mod client;
 pub mod format;
+pub mod lines;
 pub mod sink;
 pub mod source;
 pub mod spool;
 pub mod template;
+pub mod uploads;
 
 use sluice_provider_core::{ConfigError, ConfigReader, ConnectorError, LinkKey, SinkConnector, SourceConnector};
 
@@ -27,6 +29,10 @@ use crate::client::check_bucket;
 use crate::sink::{S3Writer, SinkConfig};
 use crate::source::{S3Reader, SourceConfig};
 use crate::template::KeyTemplate;
+
+/// The prefix under which Sluice keeps its own state in a bucket (source checkpoints, sink upload
+/// markers). A source never reads keys under it as data.
+pub const STATE_PREFIX: &str = "_sluice/";
 
 /// The S3 source connector.
 #[derive(Debug, Clone, Copy, Default)]
@@ -55,7 +61,7 @@ impl SourceConnector for S3Source {
                 key: config
                     .checkpoint_key
                     .clone()
-                    .unwrap_or_else(|| format!("_sluice/checkpoints/{}/{}.json", link.component, link.name)),
+                    .unwrap_or_else(|| format!("{STATE_PREFIX}checkpoints/{}/{}.json", link.component, link.name)),
             },
         };
         S3Reader::open(client, config, link, store).await

@@ -30,6 +30,7 @@ use crate::client::{ClientConfig, S3Error};
 use crate::format::{Compression, Encoder, Format};
 use crate::spool::{self, Spool};
 use crate::template::{unique_suffix, KeyTemplate, Partition, TimeSource};
+use crate::uploads::UploadMarkers;
 
 /// S3's smallest part (all but the last).
 const MIN_PART_SIZE: u64 = 5 << 20;
@@ -60,9 +61,10 @@ pub struct SinkConfig {
     /// `max_concurrent_writes` (the engine's key): when this many writes all wait on open
     /// objects, no record can arrive before one returns, so the objects close at once.
     pub max_concurrent_writes: usize,
-    /// `abort_incomplete_after`: at link start, multipart uploads under the template's fixed
-    /// prefix older than this are aborted (left by a killed provider; default `1h`; `0s` aborts
-    /// every upload started before the link).
+    /// `abort_incomplete_after`: at link start, multipart uploads this link (component and link
+    /// name) started longer ago than this are aborted (left by a killed provider; default `1h`;
+    /// `0s` aborts every one started before the link). Uploads are recorded by
+    /// [`UploadMarkers`], so another link's uploads under the same prefix are never touched.
     pub abort_incomplete_after: Option<Duration>,
     /// Where the link's local spool lives, `None` with `spool = false`: a write succeeds once its
     /// records are fsynced in the spool, and objects are written from it in the background.
@@ -71,6 +73,9 @@ pub struct SinkConfig {
     pub spool_dir: Option<std::path::PathBuf>,
     /// `spool_max_bytes`: writes answer `retry` while the spool holds this much (default `1GiB`).
     pub spool_max_bytes: u64,
+    /// `drain_timeout`: spool mode, on link delete or shutdown, how long uploading what the spool
+    /// holds may take; what is left stays in the spool for the next put of the link (default `30s`).
+    pub drain_timeout: Duration,
 }
 
 impl SinkConfig {
@@ -141,6 +146,7 @@ impl SinkConfig {
             abort_incomplete_after,
             spool_dir,
             spool_max_bytes: config.size_or("spool_max_bytes", 1 << 30)?,
+            drain_timeout: config.duration_or("drain_timeout", Duration::from_secs(30))?,
         })
     }
 }
@@ -229,6 +235,8 @@ struct Shared {
     template: KeyTemplate,
     link: LinkKey,
     writer_id: u32,
+    /// Records of the multipart uploads this link starts (with `abort_incomplete_after`).
+    markers: Option<UploadMarkers>,
     pool: Mutex<Pool>,
     /// Writes whose records are in and that now wait for their objects.
     waiting: AtomicUsize,
@@ -266,8 +274,12 @@ impl S3Writer {
             Some(root) => Some(Spool::open(root, &link, config.spool_max_bytes)?),
             None => None,
         };
+        let markers = config
+            .abort_incomplete_after
+            .map(|_| UploadMarkers::new(client.clone(), &config.client.bucket, &link));
         let shared = Arc::new(Shared {
             client,
+            markers,
             template,
             link,
             writer_id: rand::random(),
@@ -276,8 +288,10 @@ impl S3Writer {
             closing: std::sync::Mutex::default(),
             config,
         });
-        if let Some(age) = shared.config.abort_incomplete_after {
-            tokio::spawn(abort_incomplete(Arc::clone(&shared), age));
+        if let (Some(age), Some(markers)) = (shared.config.abort_incomplete_after, shared.markers.clone()) {
+            let cutoff = SystemTime::now() - age;
+            let link = shared.link.clone();
+            tokio::spawn(async move { markers.abort_stale(cutoff, &link).await });
         }
         let ticker = tokio::spawn(close_aged(Arc::downgrade(&shared)));
         let spool = spool.map(|(spool, left)| {
@@ -424,6 +438,9 @@ impl Shared {
     async fn upload_part(&self, object: &mut OpenObject) -> Result<(), S3Error> {
         let bucket = &self.config.client.bucket;
         if object.upload.is_none() {
+            if let Some(markers) = &self.markers {
+                markers.record(&object.key).await?;
+            }
             let created = self
                 .client
                 .create_multipart_upload()
@@ -562,6 +579,9 @@ impl Shared {
             self.abort(&key, upload).await;
             return Err(err.to_string());
         }
+        if let Some(markers) = &self.markers {
+            markers.forget(&key).await;
+        }
         Ok(())
     }
 
@@ -570,7 +590,7 @@ impl Shared {
             let _ = pending.await;
         }
         let bucket = &self.config.client.bucket;
-        if let Err(err) = self
+        match self
             .client
             .abort_multipart_upload()
             .bucket(bucket)
@@ -579,7 +599,14 @@ impl Shared {
             .send()
             .await
         {
-            warn!(%key, error = %S3Error::new("AbortMultipartUpload", bucket, err), "abort failed; the incomplete upload stays invisible until aborted");
+            Ok(_) => {
+                if let Some(markers) = &self.markers {
+                    markers.forget(key).await;
+                }
+            }
+            Err(err) => {
+                warn!(%key, error = %S3Error::new("AbortMultipartUpload", bucket, err), "abort failed; the incomplete upload stays invisible until aborted");
+            }
         }
     }
 
@@ -624,72 +651,6 @@ async fn close_aged(shared: Weak<Shared>) {
             let object = pool.open.remove(&partition).expect("listed above");
             shared.close(object);
         }
-    }
-}
-
-/// Aborts multipart uploads under the template's fixed prefix started more than `age` before
-/// this link: what a killed provider left behind (invisible, but paid for until aborted).
-async fn abort_incomplete(shared: Arc<Shared>, age: Duration) {
-    let bucket = &shared.config.client.bucket;
-    let prefix = shared.template.static_prefix().to_string();
-    let cutoff = SystemTime::now() - age;
-    let mut key_marker: Option<String> = None;
-    let mut id_marker: Option<String> = None;
-    let mut aborted = 0usize;
-    loop {
-        let listed = shared
-            .client
-            .list_multipart_uploads()
-            .bucket(bucket)
-            .prefix(&prefix)
-            .set_key_marker(key_marker.clone())
-            .set_upload_id_marker(id_marker.clone())
-            .send()
-            .await;
-        let listed = match listed {
-            Ok(l) => l,
-            Err(err) => {
-                warn!(link = %shared.link, error = %S3Error::new("ListMultipartUploads", bucket, err), "could not look for incomplete uploads");
-                return;
-            }
-        };
-        for upload in listed.uploads() {
-            let started = upload
-                .initiated()
-                .and_then(|t| SystemTime::try_from(*t).ok())
-                .unwrap_or(SystemTime::now());
-            let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
-                continue;
-            };
-            if started > cutoff {
-                continue;
-            }
-            match shared
-                .client
-                .abort_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(id)
-                .send()
-                .await
-            {
-                Ok(_) => aborted += 1,
-                Err(err) => {
-                    warn!(%key, error = %S3Error::new("AbortMultipartUpload", bucket, err), "could not abort an incomplete upload")
-                }
-            }
-        }
-        if listed.is_truncated() != Some(true) {
-            break;
-        }
-        key_marker = listed.next_key_marker().map(str::to_string);
-        id_marker = listed.next_upload_id_marker().map(str::to_string);
-        if key_marker.is_none() {
-            break;
-        }
-    }
-    if aborted > 0 {
-        info!(link = %shared.link, aborted, %prefix, "aborted incomplete multipart uploads left by an earlier run");
     }
 }
 
@@ -771,6 +732,53 @@ impl S3Writer {
     }
 }
 
+impl S3Writer {
+    /// Spool mode, link closing: every write was answered, so the spool only empties. Its files
+    /// go into objects, completed at once, for up to `drain_timeout`. What is left then (S3
+    /// unreachable) stays on disk, each file logged, and is uploaded first by the next provider
+    /// that puts this link.
+    async fn drain(&self, spooled: &Spooled) {
+        let shared = &self.shared;
+        let emptied = tokio::time::timeout(shared.config.drain_timeout, async {
+            while spooled.spool.files() > 0 {
+                shared.close_all(&mut *shared.pool.lock().await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .is_ok();
+        spooled.drainer.abort();
+        if emptied {
+            return;
+        }
+        // Stop uploading: the objects holding spooled records are dropped unfinished (their
+        // files stay; an upload already started is aborted at a later start of the link).
+        for task in std::mem::take(&mut *shared.closing.lock().unwrap_or_else(std::sync::PoisonError::into_inner)) {
+            task.abort();
+        }
+        for (_, object) in shared.pool.lock().await.open.drain() {
+            if let Some(pending) = object.upload.and_then(|u| u.pending) {
+                pending.abort();
+            }
+        }
+        let spool = Arc::clone(&spooled.spool);
+        let left = tokio::task::spawn_blocking(move || spool.list())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match left {
+            Ok(left) => {
+                for path in &left {
+                    warn!(link = %shared.link, path = %path.display(), "spooled records not uploaded within `drain_timeout`: the file stays for the next provider that puts this link");
+                }
+                warn!(link = %shared.link, files = left.len(), drain_timeout = ?shared.config.drain_timeout, "link closed with records still spooled");
+            }
+            Err(err) => {
+                warn!(link = %shared.link, error = %err, "link closed with records still spooled; cannot list them")
+            }
+        }
+    }
+}
+
 impl sluice_provider_core::SinkWriter for S3Writer {
     async fn write(&self, batch: Vec<Message>) -> Result<(), Failure> {
         if let Some(spooled) = &self.spool {
@@ -793,8 +801,7 @@ impl sluice_provider_core::SinkWriter for S3Writer {
 
     async fn close(&self) -> Result<(), ConnectorError> {
         if let Some(spooled) = &self.spool {
-            // What is spooled but not yet in objects stays in the spool for the next run.
-            spooled.drainer.abort();
+            self.drain(spooled).await;
         }
         {
             let mut pool = self.shared.pool.lock().await;

@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_provider_core::{ConfigError, ConfigReader, ConnectorError, LinkKey, Message, Record};
-use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, Position};
 use crate::client::{ClientConfig, S3Error};
+use crate::lines::{read_line, strip_newline};
+use crate::STATE_PREFIX;
 
 /// How an object becomes records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,9 @@ pub struct SourceConfig {
     pub split: SplitMode,
     /// `max_object_size`: largest object `split = object` delivers (default `16MiB`).
     pub max_object_size: u64,
+    /// `max_record_size`: longest line `split = lines|jsonl` delivers (default `1MiB`); a longer
+    /// line is skipped, logged with its origin like a dead-lettered record, and the object goes on.
+    pub max_record_size: usize,
     /// `after_done`: `keep` (default), `delete` or `move` (with `move_prefix`).
     pub after_done: AfterDone,
     /// `checkpoint_file`: a local file for the checkpoint; else `checkpoint_key` in the bucket
@@ -108,6 +112,15 @@ impl SourceConfig {
             poll_interval: config.duration_or("poll_interval", Duration::from_secs(5))?,
             split,
             max_object_size: config.size_or("max_object_size", 16 << 20)?,
+            max_record_size: match usize::try_from(config.size_or("max_record_size", 1 << 20)?) {
+                Ok(0) | Err(_) => {
+                    return Err(ConfigError::invalid(
+                        "max_record_size",
+                        "expected a size above 0 that fits in memory",
+                    ))
+                }
+                Ok(n) => n,
+            },
             after_done,
             checkpoint_file: config.str("checkpoint_file").map(str::to_string),
             checkpoint_key: config.str("checkpoint_key").map(str::to_string),
@@ -134,9 +147,35 @@ struct Progress {
     version: u64,
 }
 
+impl Progress {
+    /// Records an object as read to the end and accepted: with `keep` the high-water mark moves
+    /// to it (objects are read and acknowledged in listing order), else it is listed until
+    /// removed.
+    fn finished(&mut self, key: &str, etag: &str, after_done: &AfterDone) {
+        match after_done {
+            AfterDone::Keep => self.checkpoint.pass(key),
+            AfterDone::Delete | AfterDone::Move(_) => self.checkpoint.finish(key, etag),
+        }
+    }
+
+    /// Forgets a finished object that was deleted or moved.
+    fn removed(&mut self, key: &str, etag: &str) {
+        if self.checkpoint.removed(key, etag) {
+            self.bump();
+        }
+    }
+
+    /// Counts a change of the checkpoint; the new version.
+    fn bump(&mut self) -> u64 {
+        self.version += 1;
+        self.version
+    }
+}
+
 /// Reads one source link.
 pub struct S3Reader {
     records: mpsc::Receiver<Record<Ack>>,
+    after_done: AfterDone,
     progress: Arc<Mutex<Progress>>,
     changed: watch::Sender<u64>,
     scanner: JoinHandle<()>,
@@ -154,7 +193,7 @@ impl S3Reader {
         let checkpoint = store.load().await.map_err(ConnectorError::new)?;
         let initial = checkpoint.clone();
         if let Some(p) = &checkpoint.current {
-            info!(%link, key = %p.key, line = p.line, done = checkpoint.done.len(), "resuming from the checkpoint");
+            info!(%link, key = %p.key, line = p.line, after = ?checkpoint.after, "resuming from the checkpoint");
         }
         let progress = Arc::new(Mutex::new(Progress { checkpoint, version: 0 }));
         let (tx, records) = mpsc::channel(config.read_ahead);
@@ -163,6 +202,7 @@ impl S3Reader {
             CheckpointStore::Object { key, .. } => Some(key.clone()),
             CheckpointStore::File(_) => None,
         };
+        let after_done = config.after_done.clone();
         let config = Arc::new(config);
         let scanner = tokio::spawn(
             Scanner {
@@ -188,6 +228,7 @@ impl S3Reader {
         ));
         Ok(Self {
             records,
+            after_done,
             progress,
             changed,
             scanner,
@@ -223,10 +264,7 @@ impl sluice_provider_core::SourceReader for S3Reader {
             let mut p = lock(&self.progress);
             for ack in acks {
                 if ack.last {
-                    p.checkpoint.done.insert(ack.key.to_string(), ack.etag.to_string());
-                    if p.checkpoint.current.as_ref().is_some_and(|c| *c.key == *ack.key) {
-                        p.checkpoint.current = None;
-                    }
+                    p.finished(&ack.key, &ack.etag, &self.after_done);
                 } else {
                     p.checkpoint.current = Some(Position {
                         key: ack.key.to_string(),
@@ -236,8 +274,7 @@ impl sluice_provider_core::SourceReader for S3Reader {
                     });
                 }
             }
-            p.version += 1;
-            p.version
+            p.bump()
         };
         self.changed.send_replace(version);
         std::future::ready(Ok(()))
@@ -283,16 +320,20 @@ async fn checkpointer(
             match store.save(&snapshot).await {
                 Ok(()) => {
                     failures = 0;
-                    let newly: Vec<String> = snapshot
+                    let newly: Vec<(String, String)> = snapshot
                         .done
-                        .keys()
-                        .filter(|k| saved.as_ref().is_none_or(|s| !s.done.contains_key(*k)))
-                        .cloned()
+                        .iter()
+                        .filter(|(k, _)| saved.as_ref().is_none_or(|s| !s.done.contains_key(*k)))
+                        .map(|(k, e)| (k.clone(), e.clone()))
                         .collect();
                     saved = Some(snapshot);
                     if config.after_done != AfterDone::Keep {
-                        for key in newly {
-                            finish_object(&client, &config, &key).await;
+                        for (key, etag) in newly {
+                            // Forgotten once gone, so the checkpoint holds only objects in progress
+                            // (saved with the next change, or by the next turn of this loop).
+                            if finish_object(&client, &config, &key).await {
+                                lock(&progress).removed(&key, &etag);
+                            }
                         }
                     }
                 }
@@ -313,8 +354,8 @@ async fn checkpointer(
 }
 
 /// Deletes or moves a finished object (best effort: a leftover is skipped by the checkpoint and
-/// handled again on the next listing).
-async fn finish_object(client: &aws_sdk_s3::Client, config: &SourceConfig, key: &str) {
+/// handled again on the next listing). Whether it is gone.
+async fn finish_object(client: &aws_sdk_s3::Client, config: &SourceConfig, key: &str) -> bool {
     let bucket = &config.client.bucket;
     if let AfterDone::Move(prefix) = &config.after_done {
         let copied = client
@@ -326,11 +367,15 @@ async fn finish_object(client: &aws_sdk_s3::Client, config: &SourceConfig, key: 
             .await;
         if let Err(err) = copied {
             warn!(%key, error = %S3Error::new("CopyObject", bucket, err), "moving a finished object failed");
-            return;
+            return false;
         }
     }
-    if let Err(err) = client.delete_object().bucket(bucket).key(key).send().await {
-        warn!(%key, error = %S3Error::new("DeleteObject", bucket, err), "deleting a finished object failed");
+    match client.delete_object().bucket(bucket).key(key).send().await {
+        Ok(_) => true,
+        Err(err) => {
+            warn!(%key, error = %S3Error::new("DeleteObject", bucket, err), "deleting a finished object failed");
+            false
+        }
     }
 }
 
@@ -398,12 +443,20 @@ impl Scanner {
         let bucket = self.config.client.bucket.clone();
         let mut token: Option<String> = None;
         let mut seen: HashSet<String> = HashSet::new();
+        // With `keep`, everything up to the high-water mark is done: listed no more.
+        let after = match self.config.after_done {
+            AfterDone::Keep => lock(&self.progress).checkpoint.after.clone(),
+            AfterDone::Delete | AfterDone::Move(_) => None,
+        };
+        // Sluice's own state (checkpoints of this and other links, upload markers) is no data.
+        let own_state = !self.config.prefix.starts_with(STATE_PREFIX);
         loop {
             let page = self
                 .client
                 .list_objects_v2()
                 .bucket(&bucket)
                 .prefix(&self.config.prefix)
+                .set_start_after(after.clone())
                 .set_continuation_token(token.take())
                 .send()
                 .await
@@ -423,13 +476,14 @@ impl Scanner {
             for object in listed {
                 seen.insert(object.key.clone());
                 if self.skip_key.as_deref() == Some(object.key.as_str())
+                    || (own_state && object.key.starts_with(STATE_PREFIX))
                     || matches!(&self.config.after_done, AfterDone::Move(p) if object.key.starts_with(p.as_str()))
                 {
                     continue;
                 }
                 let (done, resume) = {
                     let p = lock(&self.progress);
-                    let done = p.checkpoint.done.get(&object.key) == Some(&object.etag);
+                    let done = p.checkpoint.is_done(&object.key, &object.etag);
                     let resume = p
                         .checkpoint
                         .current
@@ -440,9 +494,16 @@ impl Scanner {
                 };
                 if done {
                     self.sent.remove(&object.key);
-                    if self.config.after_done != AfterDone::Keep {
-                        // Done but still here: a previous run stopped before deleting it.
-                        finish_object(&self.client, &self.config, &object.key).await;
+                    // Done but still here: a previous run stopped before deleting it.
+                    if self.config.after_done != AfterDone::Keep
+                        && finish_object(&self.client, &self.config, &object.key).await
+                    {
+                        let version = {
+                            let mut p = lock(&self.progress);
+                            p.removed(&object.key, &object.etag);
+                            p.version
+                        };
+                        self.changed.send_replace(version);
                     }
                     continue;
                 }
@@ -461,10 +522,7 @@ impl Scanner {
             let mut p = lock(&self.progress);
             let before = p.checkpoint.done.len();
             p.checkpoint.done.retain(|k, _| seen.contains(k));
-            (p.checkpoint.done.len() != before).then(|| {
-                p.version += 1;
-                p.version
-            })
+            (p.checkpoint.done.len() != before).then(|| p.bump())
         };
         if let Some(v) = version {
             self.changed.send_replace(v);
@@ -495,6 +553,7 @@ impl Scanner {
         };
         // A line read but not sent yet: it is the object's last only if nothing follows it.
         let mut held: Option<(Vec<u8>, u64, u64)> = None;
+        let mut skipped = false;
         let mut retries = 0u32;
         'stream: while offset < object.size {
             let mut request = self.client.get_object().bucket(&bucket).key(&object.key);
@@ -524,8 +583,8 @@ impl Scanner {
             let mut reader = tokio::io::BufReader::with_capacity(64 << 10, body.into_async_read());
             loop {
                 let mut buf = Vec::new();
-                let n = match reader.read_until(b'\n', &mut buf).await {
-                    Ok(n) => n,
+                let read = match read_line(&mut reader, &mut buf, self.config.max_record_size).await {
+                    Ok(read) => read,
                     Err(err) => {
                         retries += 1;
                         if retries > 5 {
@@ -540,12 +599,12 @@ impl Scanner {
                         continue 'stream;
                     }
                 };
-                if n == 0 {
+                if read.consumed == 0 {
                     break 'stream;
                 }
                 // A partial last line (no `\n`, and more may follow after a broken stream) is
                 // only taken once the object's size says it is the end.
-                if buf.last() != Some(&b'\n') && offset + (n as u64) < object.size {
+                if !read.newline && offset + read.consumed < object.size {
                     retries += 1;
                     if retries > 5 {
                         return Err(S3Error {
@@ -557,24 +616,51 @@ impl Scanner {
                     }
                     continue 'stream;
                 }
-                offset += n as u64;
+                offset += read.consumed;
                 line += 1;
+                if read.oversized {
+                    // Dropped like a dead-lettered record (logged with its origin); the held line
+                    // stays held, so the object's last delivered line still marks it done.
+                    warn!(
+                        link = %self.link,
+                        origin = %origin(line),
+                        bytes = read.consumed,
+                        max_record_size = self.config.max_record_size,
+                        "line longer than `max_record_size`: skipped"
+                    );
+                    skipped = true;
+                    continue;
+                }
                 if let Some((payload, l, end)) = held.take() {
                     self.send(message(payload, l), &key, &etag, l, end, false).await;
                 }
-                if buf.last() == Some(&b'\n') {
-                    buf.pop();
-                    if buf.last() == Some(&b'\r') {
-                        buf.pop();
-                    }
-                }
+                strip_newline(&mut buf);
                 held = Some((buf, line, offset));
             }
         }
-        if let Some((payload, l, end)) = held.take() {
-            self.send(message(payload, l), &key, &etag, l, end, true).await;
+        match held.take() {
+            Some((payload, l, end)) => self.send(message(payload, l), &key, &etag, l, end, true).await,
+            // Every line read was too long: no acknowledgement will mark the object done.
+            None if skipped => self.finish_unsent(&object.key, &object.etag),
+            None => {}
         }
         Ok(())
+    }
+
+    /// Marks an object done that delivered no record. With `keep` the high-water mark passes it
+    /// with the next object done (marking it now could pass objects before it whose records are
+    /// still in flight); until then this run does not read it again.
+    fn finish_unsent(&mut self, key: &str, etag: &str) {
+        self.sent.insert(key.to_string(), etag.to_string());
+        if self.config.after_done == AfterDone::Keep {
+            return;
+        }
+        let version = {
+            let mut p = lock(&self.progress);
+            p.finished(key, etag, &self.config.after_done);
+            p.bump()
+        };
+        self.changed.send_replace(version);
     }
 
     async fn send(&mut self, mut message: Message, key: &Arc<str>, etag: &Arc<str>, line: u64, end: u64, last: bool) {

@@ -22,6 +22,7 @@ pub struct Spool {
     dir: PathBuf,
     next: AtomicU64,
     bytes: AtomicU64,
+    files: AtomicU64,
     max_bytes: u64,
 }
 
@@ -56,6 +57,7 @@ impl Spool {
             dir,
             next: AtomicU64::new(next),
             bytes: AtomicU64::new(bytes),
+            files: AtomicU64::new(left.len() as u64),
             max_bytes,
         };
         Ok((spool, left))
@@ -69,6 +71,27 @@ impl Spool {
     /// Bytes in the spool's files.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Batch files in the spool (written and not yet removed).
+    pub fn files(&self) -> u64 {
+        self.files.load(Ordering::Relaxed)
+    }
+
+    /// The batch files now in the spool, oldest first (blocking I/O).
+    ///
+    /// # Errors
+    /// When the directory cannot be read.
+    pub fn list(&self) -> io::Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "batch") {
+                files.push(path);
+            }
+        }
+        files.sort();
+        Ok(files)
     }
 
     /// Writes `batch` to a new file and makes it durable (blocking I/O).
@@ -96,6 +119,7 @@ impl Spool {
         match result {
             Ok(size) => {
                 self.bytes.fetch_add(size, Ordering::Relaxed);
+                self.files.fetch_add(1, Ordering::Relaxed);
                 Ok(path)
             }
             Err(err) => {
@@ -113,6 +137,7 @@ impl Spool {
         let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         fs::remove_file(path)?;
         self.bytes.fetch_sub(size.min(self.bytes()), Ordering::Relaxed);
+        self.files.fetch_sub(1.min(self.files()), Ordering::Relaxed);
         Ok(())
     }
 }
@@ -266,10 +291,12 @@ mod tests {
         assert!(spool.is_full());
         let third = spool.append(&[&full]).unwrap();
         assert!(third > second, "numbering continues after the files found");
+        assert_eq!(spool.files(), 3);
+        assert_eq!(spool.list().unwrap(), [first.clone(), second.clone(), third.clone()]);
         for path in [&first, &second, &third] {
             spool.remove(path).unwrap();
         }
-        assert_eq!(spool.bytes(), 0);
+        assert_eq!((spool.bytes(), spool.files()), (0, 0));
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -107,15 +107,6 @@ impl KeyTemplate {
         Ok(Self { parts })
     }
 
-    /// The fixed beginning of every key, up to the first field (for listing this link's uploads).
-    #[must_use]
-    pub fn static_prefix(&self) -> &str {
-        match self.parts.first() {
-            Some(Part::Literal(s)) => s,
-            _ => "",
-        }
-    }
-
     /// The partition `message` belongs to: the template rendered with `{unique}` left open.
     #[must_use]
     pub fn partition(&self, message: &Message, source: TimeSource, arrival_ms: u64) -> Partition {
@@ -184,8 +175,8 @@ pub fn unique_suffix(now_ms: u64, writer: u32, seq: u64) -> String {
     )
 }
 
-/// Percent-encodes everything outside `A-Z a-z 0-9 - _ . ~ =`.
-fn encode(bytes: &[u8]) -> String {
+/// Percent-encodes everything outside `A-Z a-z 0-9 - _ . ~ =`, so a value is one path segment.
+pub(crate) fn encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for &b in bytes {
         if b.is_ascii_alphanumeric() || b"-_.~=".contains(&b) {
@@ -255,7 +246,6 @@ mod tests {
             p.object_key("U"),
             "out/orders/step-1/2024-02-29/13/20240229/a%2Fb%20c/acme/U.jsonl"
         );
-        assert_eq!(t.static_prefix(), "out/orders/step-1/");
         let none = msg(None, None, &[]);
         let p = t.partition(&none, TimeSource::Record, 0);
         assert_eq!(

@@ -117,6 +117,29 @@ impl Env {
     }
 }
 
+/// Peak resident memory of a running process in KiB, as the kernel counts it (`VmHWM`): every
+/// peak, however short, since the process started.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// Puts `body` as object `key`.
+pub async fn put(client: &aws_sdk_s3::Client, bucket: &str, key: &str, body: impl Into<Vec<u8>>) {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(aws_sdk_s3::primitives::ByteStream::from(body.into()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+}
+
 /// Peak resident memory of a process, sampled every 20 ms until the returned sender is dropped.
 pub fn sample_rss(pid: u32) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<u64>) {
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
