@@ -5,6 +5,8 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use sluice_provider_core::{ConfigError, ConfigReader, LinkKey, Secret};
 
+use crate::passthrough::PassThrough;
+
 /// Connection and security settings shared by source and sink links.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -18,24 +20,11 @@ pub struct Connection {
     pub sasl: Option<(String, Secret)>,
     /// `tls_ca`: PEM CA certificate(s).
     pub tls_ca: Option<String>,
-    /// `kafka.<property>`: librdkafka properties passed through as they are.
-    pub extra: Vec<(String, String)>,
+    /// `kafka.<property>`: librdkafka properties passed through, secret ones from wasmCloud secrets.
+    pub pass_through: PassThrough,
     /// `connect_timeout`: how long checking the broker and topics may take when a link is put.
     pub connect_timeout: Duration,
 }
-
-/// librdkafka properties that Sluice sets itself and a `kafka.` pass-through may not override.
-const RESERVED: &[&str] = &[
-    "bootstrap.servers",
-    "group.id",
-    "group.instance.id",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "enable.idempotence",
-    "acks",
-    "sasl.password",
-    "sasl.username",
-];
 
 impl Connection {
     fn parse(config: &ConfigReader<'_>) -> Result<Self, ConfigError> {
@@ -89,25 +78,13 @@ impl Connection {
                 })
             }
         };
-        let mut extra = Vec::new();
-        for key in config.keys_with_prefix("kafka.") {
-            let property = &key["kafka.".len()..];
-            if RESERVED.contains(&property) || property.contains("password") {
-                return Err(ConfigError::invalid(
-                    key.clone(),
-                    format!("`{property}` is set by Sluice (or is a secret) and cannot be passed through"),
-                ));
-            }
-            let value = config.str(&key).unwrap_or_default().to_string();
-            extra.push((property.to_string(), value));
-        }
         Ok(Self {
             bootstrap_servers,
             security_protocol,
             sasl_mechanism,
             sasl,
             tls_ca: config.str("tls_ca").map(str::to_string),
-            extra,
+            pass_through: PassThrough::parse(config)?,
             connect_timeout: config.duration_or("connect_timeout", Duration::from_secs(10))?,
         })
     }
@@ -128,9 +105,7 @@ impl Connection {
         if let Some(ca) = &self.tls_ca {
             c.set("ssl.ca.pem", ca);
         }
-        for (k, v) in &self.extra {
-            c.set(k, v);
-        }
+        self.pass_through.apply(&mut c);
         c
     }
 }

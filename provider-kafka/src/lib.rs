@@ -11,6 +11,7 @@
 
 pub mod config;
 mod metadata;
+pub mod passthrough;
 mod producer;
 mod sink;
 mod source;
