@@ -6,6 +6,7 @@ use rdkafka::ClientConfig;
 use sluice_provider_core::{ConfigError, ConfigReader, LinkKey, Secret};
 
 use crate::passthrough::PassThrough;
+use crate::routing::TopicPolicy;
 
 /// Connection and security settings shared by source and sink links.
 #[derive(Debug, Clone)]
@@ -193,8 +194,8 @@ const COMPRESSION: &[&str] = &["none", "gzip", "lz4", "zstd"];
 pub struct SinkConfig {
     /// Broker connection.
     pub connection: Connection,
-    /// `topic`: default topic; a record's `kafka.topic` header overrides it.
-    pub topic: Option<String>,
+    /// `topic`, `topic_from_header`, `allowed_topics`, `topic_prefix`: where records go.
+    pub topics: TopicPolicy,
     /// `compression`: `none`, `gzip`, `lz4` or `zstd`.
     pub compression: String,
     /// `delivery_timeout`: how long librdkafka may keep retrying one record.
@@ -215,7 +216,7 @@ impl SinkConfig {
         }
         Ok(Self {
             connection: Connection::parse(config)?,
-            topic: config.str("topic").filter(|t| !t.is_empty()).map(str::to_string),
+            topics: TopicPolicy::parse(config)?,
             compression,
             delivery_timeout: config.duration_or("delivery_timeout", Duration::from_secs(30))?,
             linger: config.duration_or("producer_linger", Duration::from_millis(5))?,
