@@ -9,8 +9,16 @@ use hyper::header::HeaderName;
 use hyper::{Method, StatusCode};
 use sluice_provider_core::{ConfigError, ConfigReader, Secret};
 
-/// Paths the provider answers itself, on every host; no route may claim them.
+/// Paths no route may claim: `/healthz`, answered by the listener on every host, and `/metrics`,
+/// served only on `metrics_address` (so that a scraper pointed at the listener gets a `404`,
+/// never a tenant's route).
 pub const RESERVED_PATHS: [&str; 2] = ["/healthz", "/metrics"];
+
+/// Whether a normalized `path` is one of [`RESERVED_PATHS`] or under one (any case).
+pub fn reserved(path: &str) -> bool {
+    let path = path.to_ascii_lowercase();
+    RESERVED_PATHS.iter().any(|r| path == *r || strictly_under(&path, r))
+}
 
 /// The listener: provider config (HostData `config`), read once at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +39,9 @@ pub struct ServerConfig {
     /// `shutdown_timeout`: at shutdown, how long open connections may take to finish their
     /// current request once every link has drained (default 10s).
     pub shutdown_timeout: Duration,
+    /// `metrics_address`: where `GET /metrics` is served, apart from the ingress listener
+    /// (default: nowhere). Its text names every route and component.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 /// A certificate chain and its private key, as PEM files.
@@ -77,6 +88,7 @@ impl ServerConfig {
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             )?,
             shutdown_timeout: config.duration_or("shutdown_timeout", Duration::from_secs(10))?,
+            metrics_address: config.parse("metrics_address", "an address like `127.0.0.1:9090`")?,
         })
     }
 }
@@ -93,8 +105,8 @@ pub enum BodyFormat {
 /// One link's route and request handling: the link's source config and secrets.
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
-    /// `path`: the path prefix this link serves (required), e.g. `/orders`. Matches `/orders`
-    /// and `/orders/...`, not `/orders-old`.
+    /// `path`: the path prefix this link serves (required), e.g. `/orders`, normalized and in
+    /// lower case. Matches `/orders` and `/orders/...` (any case), not `/orders-old`.
     pub prefix: String,
     /// `host`: serve only requests for this host (without port; default: any host).
     pub host: Option<String>,
@@ -117,28 +129,85 @@ pub struct RouteConfig {
     pub format: BodyFormat,
     /// `success_status`: `200` (default) or `202`.
     pub success: StatusCode,
+    /// `nested_routes`: routes of other links allowed under this prefix (default none).
+    pub nested_routes: NestedRoutes,
 }
 
-/// Normalizes a path prefix: must start with `/`; a trailing `/` is dropped (but `/` stays).
+/// Normalizes a path prefix the way request paths are ([`crate::path::normalize`]), in lower
+/// case (routes match case-insensitively); a trailing `/` is dropped (but `/` stays).
 pub fn normalize_prefix(key: &str, raw: &str) -> Result<String, ConfigError> {
-    if !raw.starts_with('/') || raw.contains(['?', '#']) || raw.chars().any(char::is_whitespace) {
-        return Err(ConfigError::invalid(
+    let bad = |reason: String| {
+        ConfigError::invalid(
             key,
-            format!("expected a path prefix like `/orders`, got `{raw}`"),
-        ));
+            format!("expected a path prefix like `/orders`, got `{raw}`{reason}"),
+        )
+    };
+    if raw.contains(['?', '#']) || raw.chars().any(char::is_whitespace) {
+        return Err(bad(String::new()));
     }
-    let trimmed = raw.trim_end_matches('/');
-    Ok(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
+    let normal = crate::path::normalize(raw).map_err(|e| bad(format!(": {e}")))?;
+    let trimmed = normal.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.to_ascii_lowercase()
+    })
+}
+
+/// Whether `inner` lies strictly under `outer` on a segment boundary (`/o/deep` under `/o` and
+/// under `/`; `/orders` not under `/o`). Both normalized prefixes.
+pub fn strictly_under(inner: &str, outer: &str) -> bool {
+    inner != outer && (outer == "/" || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('/')))
+}
+
+/// `nested_routes`: which routes of other links may lie under this route's prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NestedRoutes {
+    /// None (the default): this route owns its whole subtree.
+    None,
+    /// `*`: any route under this prefix.
+    Any,
+    /// These prefixes and everything under them.
+    Under(Vec<String>),
+}
+
+impl NestedRoutes {
+    /// Whether a route with `prefix` may lie under the route declaring this.
+    pub fn allows(&self, prefix: &str) -> bool {
+        match self {
+            Self::None => false,
+            Self::Any => true,
+            Self::Under(declared) => declared.iter().any(|d| d == prefix || strictly_under(prefix, d)),
+        }
+    }
+
+    fn parse(config: &ConfigReader<'_>, prefix: &str) -> Result<Self, ConfigError> {
+        let Some(list) = config.str("nested_routes").filter(|v| !v.is_empty()) else {
+            return Ok(Self::None);
+        };
+        if list == "*" {
+            return Ok(Self::Any);
+        }
+        let mut declared = Vec::new();
+        for raw in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let nested = normalize_prefix("nested_routes", raw)?;
+            if !strictly_under(&nested, prefix) {
+                return Err(ConfigError::invalid(
+                    "nested_routes",
+                    format!("`{raw}` is not under this route's path `{prefix}`"),
+                ));
+            }
+            declared.push(nested);
+        }
+        Ok(Self::Under(declared))
+    }
 }
 
 impl RouteConfig {
     /// Reads a link's config and secrets.
     pub fn from_config(config: &ConfigReader<'_>) -> Result<Self, ConfigError> {
         let prefix = normalize_prefix("path", config.required_str("path")?)?;
-        if RESERVED_PATHS
-            .iter()
-            .any(|r| prefix == *r || prefix.starts_with(&format!("{r}/")))
-        {
+        if reserved(&prefix) {
             return Err(ConfigError::invalid(
                 "path",
                 format!("`{prefix}` is reserved for the provider's own endpoint"),
@@ -212,7 +281,6 @@ impl RouteConfig {
             return Err(ConfigError::invalid("token", "the token is empty"));
         }
         Ok(Self {
-            prefix,
             host,
             methods,
             token,
@@ -222,6 +290,8 @@ impl RouteConfig {
             headers,
             format,
             success,
+            nested_routes: NestedRoutes::parse(config, &prefix)?,
+            prefix,
         })
     }
 }
@@ -267,6 +337,42 @@ mod tests {
             assert_eq!(route(&pairs).unwrap_err().key(), key, "{pairs:?}");
         }
         assert!(route(&[("path", "/metricsx")]).is_ok());
+        for path in ["/a%2Fb", "/../a", "/a/%2e%2e", "/a%zz", "/METRICS", "//healthz/"] {
+            assert_eq!(route(&[("path", path)]).unwrap_err().key(), "path", "{path}");
+        }
+        for nested in ["/b", "/a", "/ab", "/a/x%2Fy"] {
+            assert_eq!(
+                route(&[("path", "/a"), ("nested_routes", nested)]).unwrap_err().key(),
+                "nested_routes",
+                "{nested}"
+            );
+        }
+    }
+
+    #[test]
+    fn prefixes_are_normal_and_lower_case() {
+        for (raw, prefix) in [
+            ("//Orders//eu/", "/orders/eu"),
+            ("/a/./b/../c", "/a/c"),
+            ("/%7Ex", "/~x"),
+        ] {
+            assert_eq!(route(&[("path", raw)]).unwrap().prefix, prefix, "{raw}");
+        }
+    }
+
+    #[test]
+    fn nested_routes_declare_subtrees() {
+        assert_eq!(route(&[("path", "/a")]).unwrap().nested_routes, NestedRoutes::None);
+        let any = route(&[("path", "/"), ("nested_routes", "*")]).unwrap().nested_routes;
+        assert!(any.allows("/x/y"));
+        let some = route(&[("path", "/o"), ("nested_routes", "/o/Deep, /o/x/")])
+            .unwrap()
+            .nested_routes;
+        assert_eq!(some, NestedRoutes::Under(vec!["/o/deep".into(), "/o/x".into()]));
+        assert!(some.allows("/o/deep") && some.allows("/o/deep/er") && some.allows("/o/x/1"));
+        assert!(!some.allows("/o/deeper") && !some.allows("/o/y") && !NestedRoutes::None.allows("/o/deep"));
+        assert!(strictly_under("/o/deep", "/o") && strictly_under("/o", "/"));
+        assert!(!strictly_under("/o", "/o") && !strictly_under("/orders", "/o") && !strictly_under("/", "/"));
     }
 
     #[test]
@@ -285,6 +391,7 @@ mod tests {
         let c = ServerConfig::from_config(&ConfigReader::new(&values, &secrets)).unwrap();
         assert_eq!(c.address, SocketAddr::from(([127, 0, 0, 1], 9000)));
         assert_eq!(c.tls, None);
+        assert_eq!(c.metrics_address, None);
         let values: HashMap<String, String> = [("tls_cert_file".to_string(), "c.pem".to_string())].into();
         let err = ServerConfig::from_config(&ConfigReader::new(&values, &secrets)).unwrap_err();
         assert_eq!(err.key(), "tls_key_file");

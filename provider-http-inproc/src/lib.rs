@@ -1,23 +1,28 @@
 //! HTTP ingress for Sluice: one listener for the whole provider, any number of source links, each
 //! a route (path prefix, optional host and methods) to its own pipeline step.
 //!
-//! - Routing is deterministic ([`router`]): host routes before any-host routes, then the longest
-//!   prefix, then an explicit method before "any method". A link whose route collides with
-//!   another link's is refused at link time with an error naming both; routes come and go with
-//!   links while the listener keeps running.
+//! - Routing is deterministic ([`router`]): the path is normalized first ([`path`]: `//`, dot
+//!   segments and unreserved percent-encoding; an encoded `/` is `400`) and matched
+//!   case-insensitively; host routes before any-host routes, then the longest prefix, then an
+//!   explicit method before "any method". A link whose route collides with another link's, or
+//!   lies under another link's prefix without that route declaring it (`nested_routes`), is
+//!   refused at link time with an error naming both; routes come and go with links while the
+//!   listener keeps running.
 //! - A request becomes records ([`records`]): one per request, or one per line for
 //!   `application/x-ndjson`; key = path, selected headers, origin `http:<route>#<request-id>`.
 //! - Acknowledgement is synchronous: the answer is sent once the step's `deliver` returned —
 //!   200/202 accepted, 422 rejected (with reasons), 503 + `Retry-After` (retry or timeout), 429
 //!   (the route's in-flight limit), 413 (body limit), 408 (slow body), 404/405 (no route),
 //!   401 (bearer token, a wasmCloud secret).
-//! - `GET /healthz` and `GET /metrics` (Prometheus text) on every host.
+//! - `GET /healthz` on every host; `GET /metrics` (Prometheus text, naming every route and
+//!   component) only on a separate `metrics_address`.
 //!
 //! The connector is a [`RequestSource`] on `sluice-provider-core`; nothing here depends on
 //! wasmCloud. Every config key is documented in this crate's README.
 
 pub mod config;
 pub mod metrics;
+pub mod path;
 pub mod records;
 pub mod router;
 pub mod server;
@@ -57,6 +62,11 @@ impl HttpSource {
     /// Where the listener is bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// Where `/metrics` is served (`metrics_address`), if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.server.metrics_addr()
     }
 
     /// The route table.

@@ -1,6 +1,7 @@
 //! The route table: which link serves a request, decided the same way every time.
 //!
-//! A route is a link's (host or any host, path prefix, methods or any method). A request goes to:
+//! A route is a link's (host or any host, path prefix, methods or any method). A request's path is
+//! normalized first ([`crate::path`]) and matched case-insensitively. It goes to:
 //! 1. routes for its host before routes for any host;
 //! 2. among those, the longest prefix matching its path on a segment boundary (`/orders` matches
 //!    `/orders` and `/orders/7`, not `/orders-old`);
@@ -9,6 +10,11 @@
 //!
 //! Two routes with the same host (or both any host), the same prefix and overlapping methods
 //! (both any, or a method in common) collide: the second link is refused, naming the first.
+//!
+//! A route may lie under another link's prefix (same host, or both any host) only when that
+//! route declares it in `nested_routes`: the nested route would take part of its requests. The
+//! rule holds for every pair of routes, whichever link came first, so a set of links that is
+//! accepted in one order is accepted in any order (as after a provider restart).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,7 +23,7 @@ use std::sync::{Arc, RwLock};
 use hyper::Method;
 use sluice_provider_core::{Delivery, LinkKey};
 
-use crate::config::RouteConfig;
+use crate::config::{strictly_under, RouteConfig};
 use crate::metrics::RouteMetrics;
 
 /// One link's route, with what serves it.
@@ -69,14 +75,56 @@ impl fmt::Display for RouteDisplay<'_> {
 
 /// Why a route was not added.
 #[derive(Debug, thiserror::Error)]
-#[error("route {route} collides with the route {existing} of {owner}")]
-pub struct RouteConflict {
-    /// The route asked for.
-    pub route: String,
-    /// The route already there.
-    pub existing: String,
-    /// The link that owns it.
-    pub owner: LinkKey,
+pub enum RouteConflict {
+    /// Same host scope, same prefix, overlapping methods.
+    #[error("route {route} collides with the route {existing} of {owner}")]
+    Collides {
+        /// The route asked for.
+        route: String,
+        /// The route already there.
+        existing: String,
+        /// The link that owns it.
+        owner: LinkKey,
+    },
+    /// The route lies under an existing route's prefix, which does not list it in
+    /// `nested_routes`.
+    #[error(
+        "route {route} lies under the route {existing} of {owner}, whose `nested_routes` does not list `{prefix}`"
+    )]
+    Under {
+        /// The route asked for.
+        route: String,
+        /// The route it lies under.
+        existing: String,
+        /// The link that owns it.
+        owner: LinkKey,
+        /// The prefix of the route asked for.
+        prefix: String,
+    },
+    /// An existing route lies under the route's prefix, and the route does not list it in
+    /// `nested_routes`.
+    #[error(
+        "route {route} encloses the route {existing} of {owner}; list `{prefix}` (or `*`) in its `nested_routes` to allow that"
+    )]
+    Encloses {
+        /// The route asked for.
+        route: String,
+        /// The route under it.
+        existing: String,
+        /// The link that owns it.
+        owner: LinkKey,
+        /// The prefix of the route under it.
+        prefix: String,
+    },
+}
+
+impl RouteConflict {
+    /// The link whose route is in the way.
+    pub fn owner(&self) -> &LinkKey {
+        match self {
+            Self::Collides { owner, .. } | Self::Under { owner, .. } | Self::Encloses { owner, .. } => owner,
+        }
+    }
 }
 
 /// What a request matched.
@@ -112,13 +160,47 @@ fn prefixes(path: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// A route of `table` in `config`'s host scope that nests with `config` without the outer one
+/// declaring the inner one in `nested_routes`.
+fn nesting_conflict(table: &HashMap<(Option<String>, String), Group>, config: &RouteConfig) -> Option<RouteConflict> {
+    let undeclared = |outer: &RouteConfig, inner: &RouteConfig| {
+        strictly_under(&inner.prefix, &outer.prefix) && !outer.nested_routes.allows(&inner.prefix)
+    };
+    let existing = table
+        .iter()
+        .filter(|((host, _), _)| *host == config.host)
+        .flat_map(|(_, group)| group)
+        .find(|r| undeclared(&r.config, config) || undeclared(config, &r.config))?;
+    let route = RouteDisplay(config).to_string();
+    let other = RouteDisplay(&existing.config).to_string();
+    let owner = existing.link().clone();
+    Some(if undeclared(&existing.config, config) {
+        RouteConflict::Under {
+            route,
+            existing: other,
+            owner,
+            prefix: config.prefix.clone(),
+        }
+    } else {
+        RouteConflict::Encloses {
+            route,
+            existing: other,
+            owner,
+            prefix: existing.config.prefix.clone(),
+        }
+    })
+}
+
 impl Router {
-    /// Adds a route, unless it collides with one already there.
+    /// Adds a route, unless it collides with one already there or nests with one undeclared.
     pub fn insert(&self, config: RouteConfig, delivery: Delivery) -> Result<Arc<Route>, RouteConflict> {
         let mut table = self.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(conflict) = nesting_conflict(&table, &config) {
+            return Err(conflict);
+        }
         let group = table.entry((config.host.clone(), config.prefix.clone())).or_default();
         if let Some(existing) = group.iter().find(|r| r.overlaps(&config)) {
-            return Err(RouteConflict {
+            return Err(RouteConflict::Collides {
                 route: RouteDisplay(&config).to_string(),
                 existing: RouteDisplay(&existing.config).to_string(),
                 owner: existing.link().clone(),
@@ -145,17 +227,19 @@ impl Router {
         }
     }
 
-    /// The route for a request (`host` lowercase, without port).
+    /// The route for a request (`host` lowercase, without port; `path` normalized by
+    /// [`crate::path::normalize`], any case).
     pub fn lookup(&self, host: Option<&str>, path: &str, method: &Method) -> Lookup {
         if !path.starts_with('/') {
             return Lookup::NotFound;
         }
+        let path = path.to_ascii_lowercase();
         let table = self.table.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let hosts: &[Option<&str>] = if host.is_some() { &[host, None] } else { &[None] };
         let mut key: (Option<String>, String) = (None, String::new());
         for host in hosts {
             key.0 = host.map(str::to_string);
-            for prefix in prefixes(path) {
+            for prefix in prefixes(&path) {
                 prefix.clone_into(&mut key.1);
                 let Some(group) = table.get(&key) else {
                     continue;
@@ -260,9 +344,9 @@ mod tests {
     #[test]
     fn longest_prefix_wins_on_segment_boundaries() {
         let r = Router::default();
-        add(&r, "root", &[("path", "/")]).unwrap();
-        add(&r, "a", &[("path", "/a")]).unwrap();
-        add(&r, "ab", &[("path", "/a/b")]).unwrap();
+        add(&r, "root", &[("path", "/"), ("nested_routes", "*")]).unwrap();
+        add(&r, "a", &[("path", "/a"), ("nested_routes", "/a/b")]).unwrap();
+        add(&r, "ab", &[("path", "/A/B")]).unwrap();
         for _ in 0..3 {
             assert_eq!(who(&r, None, "/a/b/c", Method::POST), "ab");
             assert_eq!(who(&r, None, "/a/b", Method::POST), "ab");
@@ -270,6 +354,7 @@ mod tests {
             assert_eq!(who(&r, None, "/a", Method::POST), "a");
             assert_eq!(who(&r, None, "/ab", Method::POST), "root");
             assert_eq!(who(&r, None, "/x", Method::POST), "root");
+            assert_eq!(who(&r, None, "/A/b/C", Method::POST), "ab");
         }
         assert_eq!(who(&r, None, "*", Method::OPTIONS), "404");
     }
@@ -303,7 +388,7 @@ mod tests {
         let r = Router::default();
         let first = add(&r, "first", &[("path", "/a/")]).unwrap();
         let err = add(&r, "second", &[("path", "/a"), ("methods", "PUT,DELETE")]).unwrap_err();
-        assert_eq!(err.owner, LinkKey::new("first", "default"));
+        assert_eq!(err.owner(), &LinkKey::new("first", "default"));
         assert_eq!(
             err.to_string(),
             "route DELETE,PUT /a (any host) collides with the route POST,PUT /a (any host) of link `default` of component `first`"
@@ -316,5 +401,36 @@ mod tests {
         assert_eq!(who(&r, None, "/a", Method::POST), "any");
         assert!(add(&r, "second", &[("path", "/a"), ("methods", "PUT,DELETE")]).is_ok());
         assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn nesting_needs_the_outer_routes_declaration_in_either_order() {
+        let r = Router::default();
+        add(&r, "a", &[("path", "/a")]).unwrap();
+        let err = add(&r, "ab", &[("path", "/a/b")]).unwrap_err();
+        assert_eq!(err.owner(), &LinkKey::new("a", "default"));
+        assert_eq!(
+            err.to_string(),
+            "route POST,PUT /a/b (any host) lies under the route POST,PUT /a (any host) of link `default` of component `a`, whose `nested_routes` does not list `/a/b`"
+        );
+        // A catch-all added later would take nothing from `/a`, but it must still declare it, so
+        // that the outcome does not depend on which link came first.
+        let err = add(&r, "root", &[("path", "/")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "route POST,PUT / (any host) encloses the route POST,PUT /a (any host) of link `default` of component `a`; list `/a` (or `*`) in its `nested_routes` to allow that"
+        );
+        add(&r, "root", &[("path", "/"), ("nested_routes", "/a")]).unwrap();
+        // Another host's routes are another scope.
+        add(&r, "hosted", &[("path", "/a/b"), ("host", "h.example")]).unwrap();
+        assert_eq!(who(&r, None, "/a/b", Method::POST), "a");
+        assert_eq!(who(&r, Some("h.example"), "/a/b", Method::POST), "hosted");
+        // Declared: the whole declared subtree may be served by other links.
+        let r = Router::default();
+        add(&r, "deep", &[("path", "/o/deep/er")]).unwrap();
+        add(&r, "o", &[("path", "/o"), ("nested_routes", "/o/deep")]).unwrap();
+        assert!(add(&r, "x", &[("path", "/o/x")]).is_err());
+        assert_eq!(who(&r, None, "/o/deep/er/1", Method::POST), "deep");
+        assert_eq!(who(&r, None, "/o/deep/1", Method::POST), "o");
     }
 }

@@ -19,15 +19,16 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use sluice_provider_core::{Outcome, Secret};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{ServerConfig, TlsFiles};
+use crate::config::{reserved, ServerConfig, TlsFiles};
 use crate::metrics::{render, RequestMetrics};
+use crate::path::{normalize, PathError};
 use crate::records::{request_id, to_records, RequestInfo};
 use crate::router::{Lookup, Route, Router};
 
@@ -35,8 +36,10 @@ use crate::router::{Lookup, Route, Router};
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The address could not be bound.
-    #[error("cannot listen on `address` {address}: {source}")]
+    #[error("cannot listen on `{key}` {address}: {source}")]
     Bind {
+        /// `address` or `metrics_address`.
+        key: &'static str,
         /// The configured address.
         address: SocketAddr,
         /// Why.
@@ -70,6 +73,7 @@ struct Shared {
 /// flood of connections does not delay the answers every request waits for.
 pub struct Server {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     stop: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -125,6 +129,7 @@ impl Server {
     pub fn start(config: &ServerConfig, router: Arc<Router>) -> Result<Self, ServerError> {
         let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
         let bind_err = |source| ServerError::Bind {
+            key: "address",
             address: config.address,
             source,
         };
@@ -144,11 +149,29 @@ impl Server {
             router,
             unrouted: RequestMetrics::default(),
         });
+        let metrics_addr = match config.metrics_address {
+            Some(address) => {
+                let bind_err = |source| ServerError::Bind {
+                    key: "metrics_address",
+                    address,
+                    source,
+                };
+                let std_listener = std::net::TcpListener::bind(address).map_err(bind_err)?;
+                std_listener.set_nonblocking(true).map_err(bind_err)?;
+                let listener = TcpListener::from_std(std_listener).map_err(bind_err)?;
+                let bound = listener.local_addr().map_err(bind_err)?;
+                runtime.spawn(metrics_loop(listener, Arc::clone(&shared), stop.clone()));
+                info!(%bound, "serving /metrics");
+                Some(bound)
+            }
+            None => None,
+        };
         let task = runtime.spawn(accept_loop(listener, tls, config.clone(), shared, stop.clone()));
         drop(_entered);
         info!(%local_addr, tls = config.tls.is_some(), "listening");
         Ok(Self {
             local_addr,
+            metrics_addr,
             stop,
             task: Mutex::new(Some(task)),
             runtime: Some(runtime),
@@ -158,6 +181,11 @@ impl Server {
     /// Where the listener is bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics` is served (`metrics_address`), if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Stops accepting, lets open connections finish their current request (within
@@ -194,17 +222,8 @@ async fn accept_loop(
             () = stop.cancelled() => break,
             permit = Arc::clone(&connections).acquire_owned() => permit.expect("never closed"),
         };
-        let (stream, peer) = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = accept(&listener, &stop).await else {
+            break;
         };
         let _ = stream.set_nodelay(true);
         let shared = Arc::clone(&shared);
@@ -259,6 +278,62 @@ async fn accept_loop(
     }
 }
 
+/// The next connection, or `None` once `stop` is cancelled. A failed accept (out of file
+/// descriptors and the like) is logged and followed by a short pause instead of a spin.
+async fn accept(listener: &TcpListener, stop: &CancellationToken) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => return Some(accepted),
+                Err(err) => {
+                    warn!(%err, listener = ?listener.local_addr().ok(), "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Serves `GET /metrics` (and nothing else) on the `metrics_address` listener until `stop`.
+async fn metrics_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let Some((stream, peer)) = accept(&listener, &stop).await else {
+            return;
+        };
+        let shared = Arc::clone(&shared);
+        let service = service_fn(move |req: Request<Incoming>| {
+            let response = if req.method() == Method::GET && req.uri().path() == "/metrics" {
+                let mut response = Response::new(Full::new(Bytes::from(render(
+                    &shared.router.routes(),
+                    &shared.unrouted,
+                ))));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                response
+            } else {
+                error(StatusCode::NOT_FOUND, "only GET /metrics is served here")
+            };
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let builder = Arc::clone(&builder);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                result = conn => {
+                    if let Err(err) = result {
+                        debug!(%peer, %err, "metrics connection ended with an error");
+                    }
+                }
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
 type Body = Full<Bytes>;
 
 fn respond(status: StatusCode, body: serde_json::Value) -> Response<Body> {
@@ -304,24 +379,22 @@ fn authorized(req: &Request<Incoming>, token: &Secret) -> bool {
 
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
-    if req.method() == Method::GET {
-        match req.uri().path() {
-            "/healthz" => return respond(StatusCode::OK, json!({ "status": "ok", "routes": shared.router.len() })),
-            "/metrics" => {
-                let mut response = Response::new(Full::new(Bytes::from(render(
-                    &shared.router.routes(),
-                    &shared.unrouted,
-                ))));
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
-                return response;
-            }
-            _ => {}
+    let path = match normalize(req.uri().path()) {
+        Ok(path) => path,
+        Err(PathError::NotAbsolute) => {
+            return unrouted(shared, StatusCode::NOT_FOUND, "no route for this path", started)
         }
+        Err(refused) => return unrouted(shared, StatusCode::BAD_REQUEST, refused.to_string(), started),
+    };
+    if reserved(&path) {
+        // Never a route's, whatever the method, even under a catch-all `/`.
+        if req.method() == Method::GET && path.eq_ignore_ascii_case("/healthz") {
+            return respond(StatusCode::OK, json!({ "status": "ok", "routes": shared.router.len() }));
+        }
+        return unrouted(shared, StatusCode::NOT_FOUND, "no route for this path", started);
     }
     let host = host_of(&req);
-    let route = match shared.router.lookup(host.as_deref(), req.uri().path(), req.method()) {
+    let route = match shared.router.lookup(host.as_deref(), &path, req.method()) {
         Lookup::Found(route) => route,
         Lookup::MethodNotAllowed(allowed) => {
             let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route");
@@ -332,15 +405,11 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             shared.unrouted.observe(response.status(), started.elapsed());
             return response;
         }
-        Lookup::NotFound => {
-            let response = error(StatusCode::NOT_FOUND, "no route for this path");
-            shared.unrouted.observe(response.status(), started.elapsed());
-            return response;
-        }
+        Lookup::NotFound => return unrouted(shared, StatusCode::NOT_FOUND, "no route for this path", started),
     };
     let _in_flight = route.metrics.enter();
     let id = request_id(req.headers());
-    let mut response = serve(&route, req, &id, started).await;
+    let mut response = serve(&route, req, &path, &id, started).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }
@@ -348,8 +417,15 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     response
 }
 
-/// Serves a routed request: auth, limits, body, delivery, answer.
-async fn serve(route: &Route, req: Request<Incoming>, id: &str, started: Instant) -> Response<Body> {
+/// An error answer to a request no route took, counted as such.
+fn unrouted(shared: &Shared, status: StatusCode, message: impl Into<String>, started: Instant) -> Response<Body> {
+    let response = error(status, message);
+    shared.unrouted.observe(response.status(), started.elapsed());
+    response
+}
+
+/// Serves a routed request (`path`: its normal form): auth, limits, body, delivery, answer.
+async fn serve(route: &Route, req: Request<Incoming>, path: &str, id: &str, started: Instant) -> Response<Body> {
     let config = &route.config;
     if let Some(token) = &config.token {
         if !authorized(&req, token) {
@@ -402,7 +478,7 @@ async fn serve(route: &Route, req: Request<Incoming>, id: &str, started: Instant
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let info = RequestInfo {
-        path: parts.uri.path(),
+        path,
         headers: &parts.headers,
         id,
         timestamp_ms,

@@ -19,6 +19,8 @@ struct Ingress {
     lattice: async_nats::Client,
     provider: HostedProvider,
     port: u16,
+    /// The `metrics_address` listener's port.
+    metrics_port: u16,
     http: reqwest::Client,
 }
 
@@ -29,7 +31,12 @@ impl Ingress {
         let lattice = nats.connect().await.unwrap();
         let port = free_port();
         let address = format!("127.0.0.1:{port}");
-        let mut config = vec![("address", address.as_str())];
+        let metrics_port = free_port();
+        let metrics_address = format!("127.0.0.1:{metrics_port}");
+        let mut config = vec![
+            ("address", address.as_str()),
+            ("metrics_address", metrics_address.as_str()),
+        ];
         config.extend_from_slice(extra);
         let provider = HostedProvider::start(&nats, BINARY, PROVIDER, &config).await.unwrap();
         Self {
@@ -37,6 +44,7 @@ impl Ingress {
             lattice,
             provider,
             port,
+            metrics_port,
             http: reqwest::Client::new(),
         }
     }
@@ -55,9 +63,10 @@ impl Ingress {
         (status, response.text().await.unwrap())
     }
 
+    /// `/metrics` from the `metrics_address` listener.
     async fn metrics(&self) -> String {
         self.http
-            .get(self.url("/metrics"))
+            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
             .send()
             .await
             .unwrap()
@@ -79,15 +88,25 @@ async fn a_thousand_links_share_one_listener_and_routing_is_deterministic() {
     for i in 0..1000 {
         steps.push(ingress.step(&format!("step-{i:04}")).await);
     }
-    // 997 disjoint routes and three nested ones: `/o`, `/o/deep`, `/o/deep/er`.
-    let paths: Vec<String> = (0..997)
-        .map(|i| format!("/t/{i}"))
-        .chain(["/o".into(), "/o/deep".into(), "/o/deep/er".into()])
+    // 997 disjoint routes and three nested ones: `/o`, `/o/deep`, `/o/deep/er`, each declared by
+    // the route it lies under.
+    let paths: Vec<(String, &str)> = (0..997)
+        .map(|i| (format!("/t/{i}"), ""))
+        .chain([
+            ("/o".into(), "/o/deep"),
+            ("/o/deep".into(), "/o/deep/er"),
+            ("/o/deep/er".into(), ""),
+        ])
         .collect();
     let links: Vec<Link> = paths
         .iter()
         .enumerate()
-        .map(|(i, path)| route(&format!("step-{i:04}"), &[("path", path), ("max_in_flight", "2")]))
+        .map(|(i, (path, nested))| {
+            route(
+                &format!("step-{i:04}"),
+                &[("path", path), ("max_in_flight", "2"), ("nested_routes", nested)],
+            )
+        })
         .collect();
     let started = std::time::Instant::now();
     ingress.provider.put_links(links.clone()).await.unwrap();
@@ -153,7 +172,7 @@ async fn a_thousand_links_share_one_listener_and_routing_is_deterministic() {
 
     // A link whose route collides is refused, naming both links; the first keeps serving.
     let intruder = ingress.step("intruder").await;
-    let colliding = route("intruder", &[("path", "/o/deep/")]);
+    let colliding = route("intruder", &[("path", "/o/deep/"), ("nested_routes", "/o/deep/er")]);
     ingress.provider.put_link(colliding.clone()).await.unwrap();
     let status = ingress.provider.status().await.unwrap();
     let refused = status.refusal("intruder").expect("the colliding link is refused");
@@ -199,6 +218,139 @@ async fn raw_exchange(port: u16, request: &[u8], within: Duration) -> String {
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(within, stream.read_to_end(&mut answer)).await;
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// POSTs `body` to `path` exactly as written (no client-side URL normalization) over HTTP/1.1;
+/// returns the status code and the response body.
+async fn post_raw(port: u16, path: &str, body: &str) -> (u16, String) {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = raw_exchange(port, request.as_bytes(), Duration::from_secs(10)).await;
+    let status = answer
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer for {path}: {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_of_a_path_reaches_its_own_route_never_a_catch_all() {
+    let mut ingress = Ingress::start(&[]).await;
+    let tenant_a = ingress.step("tenant-a").await;
+    let tenant_b = ingress.step("tenant-b").await;
+    let catch_all = ingress.step("catch-all").await;
+    ingress
+        .provider
+        .put_links(vec![
+            route("tenant-a", &[("path", "/a")]),
+            route("tenant-b", &[("path", "/b")]),
+            route("catch-all", &[("path", "/"), ("nested_routes", "*")]),
+        ])
+        .await
+        .unwrap();
+    assert!(ingress.provider.status().await.unwrap().refused.is_empty());
+
+    // Spellings of one path reach the route that owns it, keyed by the normal form.
+    let reach = [
+        ("//b/x", "tenant-b", "/b/x"),
+        ("/b//x", "tenant-b", "/b/x"),
+        ("/b/./x", "tenant-b", "/b/x"),
+        ("/x/../b/x", "tenant-b", "/b/x"),
+        ("/b/../a", "tenant-a", "/a"),
+        ("/%62/x", "tenant-b", "/b/x"),
+        ("/B/x", "tenant-b", "/B/x"),
+        ("/A", "tenant-a", "/A"),
+        ("/c", "catch-all", "/c"),
+    ];
+    for (i, (path, owner, key)) in reach.iter().enumerate() {
+        let body = format!("spelling-{i}");
+        assert_eq!(post_raw(ingress.port, path, &body).await.0, 200, "{path}");
+        for step in [&tenant_a, &tenant_b, &catch_all] {
+            let got: Vec<_> = step
+                .accepted()
+                .into_iter()
+                .filter(|m| m.payload.as_ref() == body.as_bytes())
+                .collect();
+            if step.id == *owner {
+                assert_eq!(got.len(), 1, "{path} at {}", step.id);
+                assert_eq!(got[0].key.as_deref(), Some(key.as_bytes()), "{path}");
+            } else {
+                assert!(got.is_empty(), "{path} reached {}", step.id);
+            }
+        }
+    }
+    // The same spellings from reqwest, which sends these paths as written.
+    for path in ["//b/y", "/%62/y", "/B/y"] {
+        assert_eq!(ingress.post(path, "via-reqwest").await.0, StatusCode::OK, "{path}");
+    }
+    assert_eq!(
+        payloads(&tenant_b.accepted())
+            .iter()
+            .filter(|p| *p == "via-reqwest")
+            .count(),
+        3
+    );
+
+    // Spellings that could mean two paths are refused with 400, delivered nowhere.
+    let delivered = || tenant_a.accepted().len() + tenant_b.accepted().len() + catch_all.accepted().len();
+    let before = delivered();
+    for path in [
+        "/b%2Fx",
+        "/b%2fx",
+        "/b%5Cx",
+        "/b/%2e%2e/a",
+        "/b/.%2E/a",
+        "/../b",
+        "/b%zz",
+    ] {
+        let (status, body) = post_raw(ingress.port, path, "refused").await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("\"error\""), "{path}: {body}");
+    }
+    let (status, _) = ingress.post("/b%2Fx", "refused").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "reqwest keeps %2F");
+    assert_eq!(delivered(), before, "a refused request was delivered");
+
+    // A route under another link's prefix is refused unless that route declares it.
+    let _nester = ingress.step("nester").await;
+    ingress
+        .provider
+        .put_link(route("nester", &[("path", "/b/x")]))
+        .await
+        .unwrap();
+    let status = ingress.provider.status().await.unwrap();
+    let refused = status
+        .refusal("nester")
+        .expect("the undeclared nested route is refused");
+    assert!(
+        refused.contains("component `tenant-b`") && refused.contains("`nested_routes`"),
+        "{refused}"
+    );
+    assert_eq!(post_raw(ingress.port, "/b/x/1", "still-b").await.0, 200);
+    assert_eq!(payloads(&tenant_b.accepted()).last().unwrap(), "still-b");
+
+    // `/metrics` is not on the ingress listener: no route, component or link is listed there,
+    // and the reserved paths never reach the catch-all either.
+    let public = ingress.http.get(ingress.url("/metrics")).send().await.unwrap();
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
+    let text = public.text().await.unwrap();
+    assert!(!text.contains("tenant-") && !text.contains("route="), "{text}");
+    for path in ["/metrics", "//Metrics/x", "/healthz"] {
+        assert_eq!(post_raw(ingress.port, path, "reserved").await.0, 404, "{path}");
+    }
+    assert!(!payloads(&catch_all.accepted()).contains(&"reserved".to_string()));
+    let metrics = ingress.metrics().await;
+    assert!(
+        metrics.contains("route=\"/b\",host=\"\",methods=\"POST,PUT\",component=\"tenant-b\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("code=\"400\"} 8"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,33 +587,30 @@ async fn every_status_code_from_a_real_client() {
     assert_eq!(right.status(), StatusCode::OK);
     assert!(!secure.accepted().is_empty());
     let secure_before = secure.accepted().len();
-    // The README's curl example, when curl is installed.
-    if sluice_integration::servers::on_path("curl") {
-        let output = std::process::Command::new("curl")
-            .args(["-si", "-X", "POST", &ingress.url("/secure/eu")])
-            .args(["-H", "Authorization: Bearer s3cret-token"])
-            .args(["-H", "Content-Type: application/x-ndjson"])
-            .args(["-H", "x-request-id: 5f3a0c1e-0"])
-            .args(["--data-binary", "{\"id\":1}\n{\"id\":2}\n"])
-            .output()
-            .unwrap();
-        let answer = String::from_utf8_lossy(&output.stdout);
-        eprintln!("curl:\n{answer}");
-        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
-        assert!(
-            answer.ends_with(r#"{"accepted":2,"request_id":"5f3a0c1e-0"}"#),
-            "{answer}"
-        );
-        assert!(secure.accepted().len() >= secure_before + 2);
-    } else {
-        eprintln!("curl is not installed: the README's curl example was not run");
-    }
+    // The README's curl example. curl is required (`.ci/install` installs it): a missing curl
+    // fails the test instead of skipping the example.
+    let output = std::process::Command::new("curl")
+        .args(["-si", "-X", "POST", &ingress.url("/secure/eu")])
+        .args(["-H", "Authorization: Bearer s3cret-token"])
+        .args(["-H", "Content-Type: application/x-ndjson"])
+        .args(["-H", "x-request-id: 5f3a0c1e-0"])
+        .args(["--data-binary", "{\"id\":1}\n{\"id\":2}\n"])
+        .output()
+        .expect("curl runs: the README's curl example needs it (install curl)");
+    let answer = String::from_utf8_lossy(&output.stdout);
+    eprintln!("curl:\n{answer}");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"accepted":2,"request_id":"5f3a0c1e-0"}"#),
+        "{answer}"
+    );
+    assert!(secure.accepted().len() >= secure_before + 2);
     assert!(
         !ingress.provider.logs().contains("s3cret-token"),
         "the token was logged"
     );
 
-    // /healthz and /metrics.
+    // /healthz on the listener; /metrics only on `metrics_address`.
     let health = ingress.http.get(ingress.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     let health: serde_json::Value = serde_json::from_str(&health.text().await.unwrap()).unwrap();

@@ -5,6 +5,9 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use sluice_provider_core::{ConfigError, ConfigReader, LinkKey, Secret};
 
+use crate::passthrough::PassThrough;
+use crate::routing::TopicPolicy;
+
 /// Connection and security settings shared by source and sink links.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -18,24 +21,11 @@ pub struct Connection {
     pub sasl: Option<(String, Secret)>,
     /// `tls_ca`: PEM CA certificate(s).
     pub tls_ca: Option<String>,
-    /// `kafka.<property>`: librdkafka properties passed through as they are.
-    pub extra: Vec<(String, String)>,
+    /// `kafka.<property>`: librdkafka properties passed through, secret ones from wasmCloud secrets.
+    pub pass_through: PassThrough,
     /// `connect_timeout`: how long checking the broker and topics may take when a link is put.
     pub connect_timeout: Duration,
 }
-
-/// librdkafka properties that Sluice sets itself and a `kafka.` pass-through may not override.
-const RESERVED: &[&str] = &[
-    "bootstrap.servers",
-    "group.id",
-    "group.instance.id",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "enable.idempotence",
-    "acks",
-    "sasl.password",
-    "sasl.username",
-];
 
 impl Connection {
     fn parse(config: &ConfigReader<'_>) -> Result<Self, ConfigError> {
@@ -89,25 +79,13 @@ impl Connection {
                 })
             }
         };
-        let mut extra = Vec::new();
-        for key in config.keys_with_prefix("kafka.") {
-            let property = &key["kafka.".len()..];
-            if RESERVED.contains(&property) || property.contains("password") {
-                return Err(ConfigError::invalid(
-                    key.clone(),
-                    format!("`{property}` is set by Sluice (or is a secret) and cannot be passed through"),
-                ));
-            }
-            let value = config.str(&key).unwrap_or_default().to_string();
-            extra.push((property.to_string(), value));
-        }
         Ok(Self {
             bootstrap_servers,
             security_protocol,
             sasl_mechanism,
             sasl,
             tls_ca: config.str("tls_ca").map(str::to_string),
-            extra,
+            pass_through: PassThrough::parse(config)?,
             connect_timeout: config.duration_or("connect_timeout", Duration::from_secs(10))?,
         })
     }
@@ -128,9 +106,7 @@ impl Connection {
         if let Some(ca) = &self.tls_ca {
             c.set("ssl.ca.pem", ca);
         }
-        for (k, v) in &self.extra {
-            c.set(k, v);
-        }
+        self.pass_through.apply(&mut c);
         c
     }
 }
@@ -218,8 +194,8 @@ const COMPRESSION: &[&str] = &["none", "gzip", "lz4", "zstd"];
 pub struct SinkConfig {
     /// Broker connection.
     pub connection: Connection,
-    /// `topic`: default topic; a record's `kafka.topic` header overrides it.
-    pub topic: Option<String>,
+    /// `topic`, `topic_from_header`, `allowed_topics`, `topic_prefix`: where records go.
+    pub topics: TopicPolicy,
     /// `compression`: `none`, `gzip`, `lz4` or `zstd`.
     pub compression: String,
     /// `delivery_timeout`: how long librdkafka may keep retrying one record.
@@ -240,7 +216,7 @@ impl SinkConfig {
         }
         Ok(Self {
             connection: Connection::parse(config)?,
-            topic: config.str("topic").filter(|t| !t.is_empty()).map(str::to_string),
+            topics: TopicPolicy::parse(config)?,
             compression,
             delivery_timeout: config.duration_or("delivery_timeout", Duration::from_secs(30))?,
             linger: config.duration_or("producer_linger", Duration::from_millis(5))?,

@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use futures::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use sluice_provider_core::{ConnectorError, Message};
 
 use crate::config::Connection;
+use crate::routing::{Route, TOPIC_HEADER};
 
 /// Why one record was not written.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -51,48 +51,44 @@ impl Producer {
         })
     }
 
-    /// Checks that the brokers answer and `topic` (if given) exists.
-    pub async fn check(&self, topic: Option<&str>, timeout: Duration) -> Result<(), ConnectorError> {
+    /// Checks that the brokers answer and every topic in `topics` exists.
+    pub async fn check(&self, topics: Vec<String>, timeout: Duration) -> Result<(), ConnectorError> {
         let producer = self.inner.clone();
         crate::metadata::check_topics(
             move || producer.client().fetch_metadata(None, timeout),
             self.servers.clone(),
-            topic.map(str::to_string).into_iter().collect(),
+            topics,
         )
         .await
     }
 
-    /// Produces every message (to its `kafka.topic` header, else `default_topic`) and waits for
-    /// every delivery report. One outcome per message, in order.
-    pub async fn send_all(&self, messages: &[Message], default_topic: Option<&str>) -> Vec<Result<(), SendError>> {
-        let sends = messages.iter().map(|m| async move {
-            let topic = m
-                .headers
-                .iter()
-                .find(|(k, _)| k == "kafka.topic")
-                .and_then(|(_, v)| std::str::from_utf8(v).ok())
-                .or(default_topic)
-                .ok_or_else(|| SendError::Permanent("no topic: set `topic` or a `kafka.topic` header".into()))?;
-            let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
-            for (k, v) in m.headers.iter().filter(|(k, _)| k != "kafka.topic") {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v.as_ref()),
-                });
+    /// Produces `message` to `route.topic` and waits for its delivery report. The record's key,
+    /// payload, timestamp and headers go as they are, except a `kafka.topic` header that chose
+    /// the topic.
+    pub async fn send(&self, route: Route<'_>, message: &Message) -> Result<(), SendError> {
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        for (k, v) in &message.headers {
+            if route.by_header && k == TOPIC_HEADER {
+                continue;
             }
-            let mut record = FutureRecord::to(topic).payload(m.payload.as_ref()).headers(headers);
-            if let Some(key) = &m.key {
-                record = record.key(key.as_ref());
-            }
-            if let Some(ts) = m.timestamp_ms.and_then(|t| i64::try_from(t).ok()) {
-                record = record.timestamp(ts);
-            }
-            match self.inner.send(record, Duration::from_secs(0)).await {
-                Ok(_) => Ok(()),
-                Err((e, _)) => Err(classify(e)),
-            }
-        });
-        join_all(sends).await
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_ref()),
+            });
+        }
+        let mut record = FutureRecord::to(route.topic)
+            .payload(message.payload.as_ref())
+            .headers(headers);
+        if let Some(key) = &message.key {
+            record = record.key(key.as_ref());
+        }
+        if let Some(ts) = message.timestamp_ms.and_then(|t| i64::try_from(t).ok()) {
+            record = record.timestamp(ts);
+        }
+        match self.inner.send(record, Duration::from_secs(0)).await {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(classify(e)),
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! The Kafka sink: `write` succeeds only when every record's delivery report (acks=all) succeeded.
+//! Records go to the topic the link's [`TopicPolicy`](crate::routing::TopicPolicy) gives them.
 
+use futures::future::join_all;
 use sluice_provider_core::{
     ConfigError, ConfigReader, ConnectorError, Failure, LinkKey, Message, Rejected, SinkConnector, SinkWriter,
 };
@@ -27,7 +29,7 @@ impl SinkConnector for KafkaSink {
             config.linger,
         )?;
         producer
-            .check(config.topic.as_deref(), config.connection.connect_timeout)
+            .check(config.topics.named_topics(), config.connection.connect_timeout)
             .await?;
         Ok(KafkaWriter { producer, config })
     }
@@ -41,7 +43,11 @@ pub struct KafkaWriter {
 
 impl SinkWriter for KafkaWriter {
     async fn write(&self, batch: Vec<Message>) -> Result<(), Failure> {
-        let outcomes = self.producer.send_all(&batch, self.config.topic.as_deref()).await;
+        let sends = batch.iter().map(|m| async move {
+            let route = self.config.topics.route(&m.headers).map_err(SendError::Permanent)?;
+            self.producer.send(route, m).await
+        });
+        let outcomes = join_all(sends).await;
         let mut rejected = Vec::new();
         for (index, outcome) in outcomes.into_iter().enumerate() {
             match outcome {

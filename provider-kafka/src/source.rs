@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::join_all;
 use futures::FutureExt as _;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
@@ -19,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::config::{SourceConfig, Start};
 use crate::producer::Producer;
+use crate::routing::Route;
 
 /// Reads Kafka topics into pipeline batches.
 #[derive(Debug, Clone, Copy, Default)]
@@ -265,7 +267,12 @@ impl SourceReader for KafkaReader {
                 m
             })
             .collect::<Vec<_>>();
-        let outcomes = producer.send_all(&messages, Some(topic)).await;
+        // The dead-letter topic is the link's; a record's own `kafka.topic` header is just a header.
+        let route = Route {
+            topic,
+            by_header: false,
+        };
+        let outcomes = join_all(messages.iter().map(|m| producer.send(route, m))).await;
         match outcomes.into_iter().find_map(Result::err) {
             Some(e) => Err(ConnectorError::msg(format!("dead-letter produce failed: {e}"))),
             None => Ok(()),

@@ -142,6 +142,15 @@ async fn setup() -> Setup {
     }
 }
 
+/// Puts a sink link from component `id` with `config`, and serves `id` as a fake component.
+async fn sink_writer(s: &mut Setup, id: &str, config: &[(&str, &str)]) -> FakeComponent {
+    s.provider
+        .put_link(Link::sink(id, PROVIDER, "default", config))
+        .await
+        .unwrap();
+    FakeComponent::serve(&s.client, "default", id).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_arrive_exactly_and_in_order_per_partition() {
     let mut s = setup().await;
@@ -325,11 +334,7 @@ async fn sink_writes_are_read_back_with_keys_and_headers() {
     let bootstrap = s.kafka.bootstrap();
     create_topic(&bootstrap, "results", 2).await;
     let config = [("bootstrap_servers", bootstrap.as_str()), ("topic", "results")];
-    s.provider
-        .put_link(Link::sink("writer", PROVIDER, "default", &config))
-        .await
-        .unwrap();
-    let writer = FakeComponent::serve(&s.client, "default", "writer").await.unwrap();
+    let writer = sink_writer(&mut s, "writer", &config).await;
     let batch: Vec<Message> = (0..40)
         .map(|i| {
             let mut m = Message::new(format!("r{i}").into_bytes(), "test");
@@ -370,6 +375,113 @@ async fn sink_writes_are_read_back_with_keys_and_headers() {
         .collect();
     want.sort();
     assert_eq!(got, want);
+}
+
+/// Every record of partition 0 of `topic` (a topic made by [`create_topic`] with one partition):
+/// payload and `kafka.topic` header, sorted. The high watermark says how many there are, so an
+/// empty topic reads as empty at once.
+fn read_topic(bootstrap: &str, topic: &str) -> Vec<(String, Option<String>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "read-topic")
+        .create()
+        .unwrap();
+    let (_, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)).unwrap();
+    let mut partition = TopicPartitionList::new();
+    partition.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    consumer.assign(&partition).unwrap();
+    let mut records = Vec::new();
+    while records.len() < usize::try_from(high).unwrap() {
+        let Some(m) = consumer.poll(Duration::from_secs(10)) else {
+            panic!("{topic}: read {} of {high} records", records.len());
+        };
+        let m = m.unwrap();
+        let header = m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == "kafka.topic")
+                .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+        });
+        records.push((String::from_utf8_lossy(m.payload().unwrap()).into_owned(), header));
+    }
+    records.sort();
+    records
+}
+
+/// A record with payload `payload` whose `kafka.topic` header names `topic`.
+fn aimed_at(payload: &str, topic: Option<&str>) -> Message {
+    let mut m = Message::new(payload.as_bytes().to_vec(), "test");
+    m.headers = topic
+        .map(|t| ("kafka.topic".to_string(), bytes::Bytes::from(t.to_string())))
+        .into_iter()
+        .collect();
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_not_the_record_chooses_the_topic() {
+    let mut s = setup().await;
+    let bootstrap = s.kafka.bootstrap();
+    for topic in ["linked", "elsewhere", "allowed", "denied"] {
+        create_topic(&bootstrap, topic, 1).await;
+    }
+    // By default a `kafka.topic` header chooses nothing: the record lands in the link's topic.
+    let plain = [("bootstrap_servers", bootstrap.as_str()), ("topic", "linked")];
+    let writer = sink_writer(&mut s, "writer-plain", &plain).await;
+    let batch = [aimed_at("p0", Some("elsewhere")), aimed_at("p1", None)];
+    writer.write(PROVIDER, "default", &batch).await.unwrap().unwrap();
+
+    // Opted in with an allow-list: an allowed topic is used, any other is rejected by index.
+    let routed = [
+        ("bootstrap_servers", bootstrap.as_str()),
+        ("topic", "linked"),
+        ("topic_from_header", "true"),
+        ("allowed_topics", "allowed"),
+    ];
+    let writer = sink_writer(&mut s, "writer-routed", &routed).await;
+    let batch = [
+        aimed_at("r0", Some("allowed")),
+        aimed_at("r1", Some("denied")),
+        aimed_at("r2", Some("elsewhere")),
+        aimed_at("r3", None),
+    ];
+    match writer.write(PROVIDER, "default", &batch).await.unwrap() {
+        Err(sluice_provider_core::Failure::Reject(rejected)) => {
+            let indices: Vec<u32> = rejected.iter().map(|r| r.index).collect();
+            assert_eq!(indices, [1, 2], "{rejected:?}");
+            for (r, topic) in rejected.iter().zip(["denied", "elsewhere"]) {
+                assert!(
+                    r.reason.contains("kafka.topic") && r.reason.contains(topic),
+                    "{}",
+                    r.reason
+                );
+            }
+        }
+        other => panic!("expected two rejects, got {other:?}"),
+    }
+
+    // Opting in without saying which topics a record may choose refuses the link by key.
+    let open = [
+        ("bootstrap_servers", bootstrap.as_str()),
+        ("topic", "linked"),
+        ("topic_from_header", "true"),
+    ];
+    s.provider
+        .put_link(Link::sink("writer-open", PROVIDER, "default", &open))
+        .await
+        .unwrap();
+    let status = s.provider.status().await.unwrap();
+    let refused = status.refusal("writer-open").expect("refused");
+    assert!(refused.contains("`topic_from_header`"), "{refused}");
+
+    let some = |p: &str, h: Option<&str>| (p.to_string(), h.map(str::to_string));
+    assert_eq!(
+        read_topic(&bootstrap, "linked"),
+        [some("p0", Some("elsewhere")), some("p1", None), some("r3", None)],
+        "without the opt-in the header is an ordinary header"
+    );
+    assert_eq!(read_topic(&bootstrap, "allowed"), [some("r0", None)]);
+    assert!(read_topic(&bootstrap, "elsewhere").is_empty());
+    assert!(read_topic(&bootstrap, "denied").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -133,13 +133,23 @@ pub fn decode_registers(tag: &Tag, registers: &[u16]) -> Value {
         DataType::I16 => Value::Signed(i64::from(i16::from_be_bytes([be[0], be[1]]))),
         DataType::U32 => Value::Unsigned(u64::from(u32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
         DataType::I32 => Value::Signed(i64::from(i32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
-        DataType::F32 => Value::Float(f64::from(f32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
+        DataType::F32 => Value::Float(widen_f32(f32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
         DataType::U64 => Value::Unsigned(u64::from_be_bytes(be)),
         DataType::I64 => Value::Signed(i64::from_be_bytes(be)),
         DataType::F64 => Value::Float(f64::from_be_bytes(be)),
         DataType::Bool | DataType::String(_) => unreachable!("not a numeric register type"),
     };
     scale(tag, raw)
+}
+
+/// An `f32` as the `f64` that prints the way the `f32` does: the shortest decimal that reads back
+/// as the same `f32` (`123.456`, not `123.45600128173828`, its exact binary value that plain
+/// widening keeps and JSON would print). Non-finite values widen as they are.
+fn widen_f32(value: f32) -> f64 {
+    if !value.is_finite() {
+        return f64::from(value);
+    }
+    value.to_string().parse().unwrap_or_else(|_| f64::from(value))
 }
 
 fn scale(tag: &Tag, raw: Value) -> Value {
@@ -392,6 +402,39 @@ mod tests {
                 "encode {data_type:?} {bo:?} {wo:?}"
             );
         }
+    }
+
+    #[test]
+    fn f32_tags_print_as_the_f32_does() {
+        let mut tag = tag(DataType::F32, ByteOrder::Big, WordOrder::Big);
+        for (f, text) in [
+            (123.456f32, "123.456"),
+            (-123.456, "-123.456"),
+            (0.1, "0.1"),
+            (21.7, "21.7"),
+            (1.0e-7, "1e-7"),
+            (16_777_217.0, "16777216.0"),
+            (f32::MAX, "3.4028235e+38"),
+            (1.5, "1.5"),
+        ] {
+            let bits = f.to_bits();
+            let registers = [(bits >> 16) as u16, bits as u16];
+            let value = decode_registers(&tag, &registers);
+            assert_eq!(value.to_json().to_string(), text, "{f}");
+            assert_eq!(serde_json::to_string(&value).unwrap(), text, "{f}");
+            // The printed value reads back as the same f32.
+            assert_eq!(text.parse::<f32>().unwrap(), f);
+        }
+        let nan = f32::NAN.to_bits();
+        assert_eq!(
+            decode_registers(&tag, &[(nan >> 16) as u16, nan as u16]).to_json(),
+            Json::Null
+        );
+        // Scaling starts from the printed value: 123.456 * 0.5 is 61.728.
+        tag.scale = Some(0.5);
+        let bits = 123.456f32.to_bits();
+        let scaled = decode_registers(&tag, &[(bits >> 16) as u16, bits as u16]);
+        assert_eq!(scaled.to_json().to_string(), "61.728");
     }
 
     #[test]

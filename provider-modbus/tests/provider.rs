@@ -56,7 +56,8 @@ fn decoding_cases() -> Vec<Case> {
         ("i16", json!(-12345)),
         ("u32", json!(3_000_000_000u64)),
         ("i32", json!(-2_000_000_001i64)),
-        ("f32", json!(-1234.5)),
+        // Not exact in binary: the record holds the f32's own shortest form, not its widening.
+        ("f32", json!(-123.456)),
         ("u64", json!(18_000_000_000_000_000_001u64)),
         ("i64", json!(-9_000_000_000_000_000_001i64)),
         ("f64", json!(std::f64::consts::PI)),

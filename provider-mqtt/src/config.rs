@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use sluice_provider_core::{ConfigError, ConfigReader, LinkKey, Secret};
 
+use crate::topic_template::TopicTemplate;
+
 /// MQTT protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -255,78 +257,6 @@ impl SinkConfig {
     }
 }
 
-/// A publish topic: literal parts and `{key}` / `{header:NAME}` fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicTemplate(Vec<Part>);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    Key,
-    Header(String),
-}
-
-impl TopicTemplate {
-    /// Parses `plant/{header:site}/{key}`.
-    pub fn parse(template: &str) -> Result<Self, ConfigError> {
-        let bad = |reason: String| ConfigError::invalid("topic", reason);
-        if template.contains('#') || template.contains('+') {
-            return Err(bad(format!("`{template}` has a wildcard; a publish topic cannot")));
-        }
-        let mut parts = Vec::new();
-        let mut rest = template;
-        while let Some(start) = rest.find('{') {
-            if start > 0 {
-                parts.push(Part::Literal(rest[..start].to_string()));
-            }
-            let end = rest[start..]
-                .find('}')
-                .ok_or_else(|| bad(format!("unclosed `{{` in `{template}`")))?;
-            let field = &rest[start + 1..start + end];
-            parts.push(match field {
-                "key" => Part::Key,
-                f => match f.strip_prefix("header:") {
-                    Some(name) if !name.is_empty() => Part::Header(name.to_string()),
-                    _ => return Err(bad(format!("unknown field `{{{f}}}`: use {{key}} or {{header:NAME}}"))),
-                },
-            });
-            rest = &rest[start + end + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_string()));
-        }
-        if parts.is_empty() {
-            return Err(ConfigError::Missing { key: "topic".into() });
-        }
-        Ok(Self(parts))
-    }
-
-    /// The topic for one record, or why it has none.
-    pub fn render(&self, key: Option<&[u8]>, headers: &[(String, bytes::Bytes)]) -> Result<String, String> {
-        let mut topic = String::new();
-        for part in &self.0 {
-            match part {
-                Part::Literal(s) => topic.push_str(s),
-                Part::Key => {
-                    let key = key.ok_or("the topic uses {key} but the record has no key")?;
-                    topic.push_str(std::str::from_utf8(key).map_err(|_| "the record key is not UTF-8")?);
-                }
-                Part::Header(name) => {
-                    let value = headers
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .ok_or_else(|| format!("the topic uses {{header:{name}}} but the record has no such header"))?;
-                    topic.push_str(std::str::from_utf8(&value.1).map_err(|_| format!("header `{name}` is not UTF-8"))?);
-                }
-            }
-        }
-        if topic.is_empty() || topic.contains('#') || topic.contains('+') {
-            return Err(format!("`{topic}` is not a valid publish topic"));
-        }
-        Ok(topic)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -375,22 +305,5 @@ mod tests {
             key(&[("url", "mqtt://h"), ("topics", "a"), ("password", "p")]),
             "password"
         );
-    }
-
-    #[test]
-    fn topic_templates() {
-        let t = TopicTemplate::parse("plant/{header:site}/{key}").unwrap();
-        let headers = vec![("site".to_string(), bytes::Bytes::from_static(b"north"))];
-        assert_eq!(t.render(Some(b"m1"), &headers).unwrap(), "plant/north/m1");
-        assert!(t.render(None, &headers).unwrap_err().contains("{key}"));
-        assert!(t.render(Some(b"m1"), &[]).unwrap_err().contains("site"));
-        assert!(t.render(Some(b"a/#"), &headers).is_err());
-        assert_eq!(
-            TopicTemplate::parse("fixed").unwrap().render(None, &[]).unwrap(),
-            "fixed"
-        );
-        for bad in ["a/#", "{nope}", "{header:}", "open{key"] {
-            assert_eq!(TopicTemplate::parse(bad).unwrap_err().key(), "topic", "{bad}");
-        }
     }
 }

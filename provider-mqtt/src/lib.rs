@@ -14,6 +14,7 @@ mod publisher;
 mod session;
 mod sink;
 mod source;
+pub mod topic_template;
 
 pub use sink::{MqttSink, MqttWriter};
 pub use source::{MqttAck, MqttReader, MqttSource};

@@ -269,6 +269,66 @@ async fn sink_writes_are_read_back_at_qos_1_and_2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_values_never_add_topic_levels_or_wildcards() {
+    let mut s = setup().await;
+    let url = s.mqtt.url();
+    let config = [("url", url.as_str()), ("topic", "keys/{header:site}/{key}")];
+    s.provider
+        .put_link(Link::sink("writer-keys", PROVIDER, "default", &config))
+        .await
+        .unwrap();
+    let step = FakeComponent::serve(&s.client, "default", "writer-keys").await.unwrap();
+    let reader = subscribe(s.mqtt.port, "keys/#", 3);
+    let record = |i: usize, site: &str, key: &str| {
+        let mut m = Message::new(format!("v{i}").into_bytes(), "test");
+        m.key = Some(key.as_bytes().to_vec().into());
+        m.headers = vec![("site".into(), site.as_bytes().to_vec().into())];
+        m
+    };
+    let cases = [
+        ("n", "ok"),
+        ("n", "a/b"),
+        ("n", "+"),
+        ("n", "#"),
+        ("n/x", "ok"),
+        ("#", "ok"),
+        ("n", "x\0y"),
+        ("s", "ok2"),
+    ];
+    let batch: Vec<Message> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (site, key))| record(i, site, key))
+        .collect();
+    match step.write(PROVIDER, "default", &batch).await.unwrap() {
+        Err(sluice_provider_core::Failure::Reject(rejected)) => {
+            let indices: Vec<u32> = rejected.iter().map(|r| r.index).collect();
+            assert_eq!(indices, [1, 2, 3, 4, 5, 6], "{rejected:?}");
+            for r in &rejected {
+                let named = if matches!(r.index, 4 | 5) {
+                    "header `site`"
+                } else {
+                    "the record key"
+                };
+                assert!(r.reason.contains(named), "{}", r.reason);
+            }
+        }
+        other => panic!("expected rejects, got {other:?}"),
+    }
+    // The last message: whatever else reached `keys/#` would arrive before it.
+    step.write(PROVIDER, "default", &[record(8, "end", "end")])
+        .await
+        .unwrap()
+        .unwrap();
+    let out = reader.wait_with_output().unwrap();
+    let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(got, ["keys/n/ok v0", "keys/s/ok2 v7", "keys/end/end v8"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_passwords_work_and_bad_links_are_refused_by_name() {
     let mut s = setup().await;
     let step = FakeComponent::serve(&s.client, "default", "step-tls").await.unwrap();
