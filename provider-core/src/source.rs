@@ -141,7 +141,10 @@ pub struct RunnerSettings {
     pub linger: Duration,
     /// `max_in_flight`: most batches outstanding at once (default 4).
     pub max_in_flight: usize,
-    /// `deliver_timeout`: deadline of one `deliver` call (default 30s).
+    /// `deliver_timeout`: deadline of one `deliver` call (default 5s). A call that outlives it is
+    /// tried again in another invocation of the step: a wasmCloud 1.x host gives an invocation
+    /// waiting on a sink provider that died mid-call no deadline but the component's execution
+    /// limit (10 minutes on a stock host), so this is what bounds a restarted sink's recovery.
     pub deliver_timeout: Duration,
     /// `retry_initial` / `retry_max`: backoff between attempts (default 100ms / 10s).
     pub backoff: Backoff,
@@ -158,7 +161,7 @@ impl Default for RunnerSettings {
             max_batch_bytes: 1 << 20,
             linger: Duration::from_millis(20),
             max_in_flight: 4,
-            deliver_timeout: Duration::from_secs(30),
+            deliver_timeout: Duration::from_secs(5),
             backoff: Backoff {
                 initial: Duration::from_millis(100),
                 max: Duration::from_secs(10),

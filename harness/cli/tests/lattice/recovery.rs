@@ -149,6 +149,9 @@ async fn killed_source_and_sink_providers_are_restarted_and_nothing_is_lost() {
     );
     let duplicated = got.values().filter(|c| **c > 1).count();
     eprintln!("killed source and sink: {n} readings, 0 lost, {duplicated} duplicated");
+    // At most what was read and not yet acknowledged comes again: the source's unacknowledged
+    // bound (max_in_flight * max_batch_records) per kill.
+    assert!(duplicated <= 2 * 4 * 64, "{duplicated} readings duplicated");
     deployment.undeploy().await.unwrap();
     lattice.stop().await.unwrap();
 }
@@ -242,4 +245,114 @@ async fn s3_unreachable_at_deploy_and_for_a_minute_loses_nothing_and_idles() {
     );
     deployment.undeploy().await.unwrap();
     lattice.stop().await.unwrap();
+}
+
+/// `sluice run` of an MQTT -> S3 pipeline on a lattice of its own, once it has deployed.
+async fn sluice_run(name: &str, mqtt: &Mosquitto, s3: &S3Server, bucket: &str) -> std::process::Child {
+    let (par, dir) = (archives().await, pipeline_dir());
+    let spec = dir.join(format!("{name}.yaml"));
+    std::fs::write(&spec, mqtt_to_s3(name, name, mqtt, s3, &format!("{name}/#"), bucket)).unwrap();
+    let mut run = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg(&spec)
+        .arg("--par-dir")
+        .arg(&par)
+        .arg("--secret")
+        .arg(format!("customer-a-s3-access-key-id={}", s3.access_key_id))
+        .arg("--secret")
+        .arg(format!("customer-a-s3-secret-access-key={}", s3.secret_access_key))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(run.stderr.take().unwrap());
+    let deployed = tokio::task::spawn_blocking(move || {
+        let mut seen = String::new();
+        let mut lines = std::io::BufRead::lines(stderr);
+        while let Some(line) = lines.next() {
+            let line = line.unwrap_or_default();
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.starts_with("deployed") {
+                // Keep reading its stderr, so it never blocks on a full pipe or loses it.
+                std::thread::spawn(move || lines.for_each(drop));
+                return Ok(seen);
+            }
+        }
+        Err(seen)
+    });
+    let seen = tokio::time::timeout(WAIT, deployed).await.unwrap().unwrap();
+    assert!(seen.is_ok(), "sluice run did not deploy: {seen:?}");
+    run
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(") ")
+                        .map(|(_, rest)| rest.split_whitespace().nth(1) == Some(&pid.to_string()))
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_sluice_run_started_outlives_it_after_sigterm_or_sigkill() {
+    sluice_integration::init_tracing();
+    let _permit = LATTICES.acquire().await.unwrap();
+    let (mqtt, s3) = (Mosquitto::start().unwrap(), S3Server::start().unwrap());
+    s3.create_bucket("owned").await.unwrap();
+    for signal in ["-TERM", "-KILL"] {
+        let mut run = sluice_run(&format!("owned{}", signal.to_lowercase()), &mqtt, &s3, "owned").await;
+        let pid = run.id();
+        // Its nats-server and the two providers the host started.
+        let deadline = Instant::now() + WAIT;
+        let started = loop {
+            let started = children_of(pid);
+            if started.len() >= 3 {
+                break started;
+            }
+            assert!(Instant::now() < deadline, "sluice run started {started:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+        let stopped = Instant::now();
+        tokio::task::spawn_blocking(move || run.wait()).await.unwrap().unwrap();
+        // SIGTERM: sluice run ends them before it exits. SIGKILL: its nats-server dies with it
+        // and the providers, handed to another parent, drain and exit by themselves.
+        let limit = Duration::from_secs(if signal == "-TERM" { 1 } else { 45 });
+        loop {
+            let left: Vec<u32> = started.iter().copied().filter(|p| running(*p)).collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                stopped.elapsed() < limit,
+                "after kill {signal}, {left:?} of {started:?} still run {:?} later",
+                stopped.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!(
+            "sluice run, kill {signal}: its {} processes gone {:?} after the signal",
+            started.len(),
+            stopped.elapsed()
+        );
+    }
 }
