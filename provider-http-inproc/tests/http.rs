@@ -745,7 +745,9 @@ async fn abuse_is_answered_without_memory_growing() {
                 &[
                     ("path", "/abuse"),
                     ("max_body", "64KiB"),
-                    ("body_timeout", "500ms"),
+                    // Long enough for a whole 60 KB body on a loaded machine, short of the
+                    // slowloris clients' 5 s.
+                    ("body_timeout", "2s"),
                     ("max_in_flight", "64"),
                 ],
             ),

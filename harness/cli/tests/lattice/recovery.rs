@@ -157,6 +157,97 @@ async fn killed_source_and_sink_providers_are_restarted_and_nothing_is_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_kafka_provider_serving_both_ends_is_restarted_and_nothing_is_lost() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    sluice_integration::init_tracing();
+    let _permit = LATTICES.acquire().await.unwrap();
+    let (par, dir) = (archives().await, pipeline_dir());
+    let kafka = KafkaBroker::start().unwrap();
+    let bootstrap = kafka.bootstrap();
+    for topic in ["orders", "orders.dlq", "orders.enriched"] {
+        create_topic(&bootstrap, topic).await;
+    }
+    let mut lattice = LocalLattice::start(None).await.unwrap();
+    let host = lattice.add_host("customer-b").await.unwrap();
+    lattice.serve_secrets("nats-kv", HashMap::new()).await.unwrap();
+    // The committed example: one Kafka provider reads `orders` and writes `orders.enriched`. With
+    // static group membership the restarted provider takes its partitions back at once, instead
+    // of waiting `session_timeout` (30 s) for the group to give up on the killed member.
+    let yaml = std::fs::read_to_string(examples().join("kafka-to-kafka.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:9092", &bootstrap)
+        .replace(
+            "    group_id: orders-enrich\n",
+            "    group_id: orders-enrich\n    group_instance_id: edge-gw-1\n",
+        );
+    assert!(yaml.contains("group_instance_id"), "{yaml}");
+    let spec = PipelineSpec::parse(&yaml).unwrap();
+    let deployment = Deployment::start(lattice.nats(), &spec, &par, &dir).await.unwrap();
+    deployment.wait_linked(WAIT).await.unwrap();
+
+    let n = 3000;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let feed = tokio::spawn(async move {
+        for chunk in 0..30 {
+            let sends = (chunk * 100..(chunk + 1) * 100).map(|i| {
+                let producer = producer.clone();
+                async move {
+                    let line = format!(r#"{{"device":"o-{i}","temp":1,"site":"b"}}"#);
+                    producer
+                        .send(
+                            FutureRecord::<(), _>::to("orders").payload(&line),
+                            Duration::from_secs(30),
+                        )
+                        .await
+                        .map_err(|(e, _)| e)
+                        .unwrap();
+                }
+            });
+            futures::future::join_all(sends).await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    let package = "sluice-provider-kafka";
+    assert!(
+        moving(&deployment, "sink", 0, WAIT).await,
+        "nothing moved before the kill"
+    );
+    let pid = provider_pid(&host, package).expect("the provider runs");
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let killed = Instant::now();
+    let new = restarted(&host, package, pid).await;
+    assert!(
+        moving(&deployment, "sink", 0, RESUME).await,
+        "{package} (pid {new}) moved nothing within {RESUME:?} of its restart: {}",
+        deployment.progress().await
+    );
+    eprintln!(
+        "{package} (both ends): killed, moving again after {:?}",
+        killed.elapsed()
+    );
+    feed.await.unwrap();
+    let wanted: Vec<String> = (0..n).map(|i| format!("o-{i}")).collect();
+    let got = kafka_records(&bootstrap, "orders.enriched", &wanted).await;
+    assert_eq!(
+        lost(&got, &wanted),
+        Vec::<String>::new(),
+        "records lost across the kill"
+    );
+    let duplicated = got.values().filter(|c| **c > 1).count();
+    eprintln!("killed Kafka provider: {n} orders, 0 lost, {duplicated} duplicated");
+    assert!(duplicated <= 4 * 64, "{duplicated} orders duplicated");
+    deployment.undeploy().await.unwrap();
+    lattice.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_unreachable_at_deploy_and_for_a_minute_loses_nothing_and_idles() {
     sluice_integration::init_tracing();
     let _permit = LATTICES.acquire().await.unwrap();
