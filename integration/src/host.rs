@@ -429,11 +429,7 @@ impl HostedProvider {
 
     /// Resident memory of the provider process, in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        crate::procfs::memory_kib(self.pid()?, "VmRSS")
     }
 
     /// Kills the provider with SIGKILL: no drain, no acknowledgement, no goodbye.

@@ -11,11 +11,13 @@
 //! - [`fixture`]: file-backed source and sink connectors for the provider-shaped test binary.
 //! - [`modbus`]: a real Modbus TCP server (pymodbus) with preset registers and a request log.
 //! - [`proxy`]: a TCP forwarder a test cuts and restores, for outages of a real server.
+//! - [`procfs`]: a process's CPU time and memory, as the kernel counts them.
 
 pub mod component;
 pub mod fixture;
 pub mod host;
 pub mod modbus;
+pub mod procfs;
 pub mod proxy;
 pub mod seaweedfs;
 pub mod servers;

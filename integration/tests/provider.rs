@@ -264,21 +264,6 @@ async fn a_stalled_component_keeps_the_provider_bounded() {
     step.release();
 }
 
-/// CPU time of a process in clock ticks (user + system, `/proc/<pid>/stat` fields 14 and 15).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<u64> = stat
-        .rsplit_once(") ")
-        .unwrap()
-        .1
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .map(|f| f.parse().unwrap())
-        .collect();
-    fields.iter().sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_ordered_lane_idles_at_exactly_the_unacknowledged_bound() {
     sluice_integration::init_tracing();
@@ -310,13 +295,7 @@ async fn a_stalled_ordered_lane_idles_at_exactly_the_unacknowledged_bound() {
     provider.put_link(link).await.unwrap();
     assert!(step.wait_for(Duration::from_secs(20), |c| c.in_flight() == 1).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = provider.pid().unwrap();
-    let before = cpu_ticks(pid);
-    let window = Duration::from_secs(5);
-    tokio::time::sleep(window).await;
-    // SAFETY: sysconf with a valid name.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let share = (cpu_ticks(pid) - before) as f64 / hz / window.as_secs_f64();
+    let share = sluice_integration::procfs::core_share(provider.pid().unwrap(), Duration::from_secs(5)).await;
     let status = provider.status().await.unwrap();
     eprintln!(
         "stalled lane: {:.1}% of a core, polled {}",

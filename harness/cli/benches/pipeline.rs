@@ -40,6 +40,7 @@ use sluice_deploy::local::LocalLattice;
 use sluice_deploy::pipeline::Deployment;
 use sluice_deploy::secrets::SecretEntry;
 use sluice_deploy::spec::PipelineSpec;
+use sluice_integration::procfs;
 use sluice_integration::seaweedfs::S3Server;
 use sluice_integration::servers::{free_port, temp_dir, KafkaBroker, Mosquitto};
 use xtask::par::{package_all, Profile, Workspace};
@@ -81,26 +82,12 @@ struct Row {
 
 /// CPU time of a process in ms (user + system).
 fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf with a valid name.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (field(14) + field(15)) * 1000.0 / hz
+    procfs::cpu_time(pid).unwrap_or_default().as_secs_f64() * 1000.0
 }
 
 /// A `/proc/<pid>/status` size field (`VmHWM`, `VmRSS`) in MiB.
 fn memory_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    procfs::memory_kib(pid, field).unwrap_or(0) as f64 / 1024.0
 }
 
 /// The providers the host `host` runs, by package name, with their pids.

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use sluice_deploy::children;
+use sluice_integration::procfs;
 use sluice_integration::proxy::Proxy;
 
 use super::*;
@@ -30,21 +31,6 @@ async fn restarted(host: &str, package: &str, old: u32) -> u32 {
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-}
-
-/// CPU time a process has used, in clock ticks (user + system, from `/proc/<pid>/stat`).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // Fields after the name start at `state` (field 3): utime is field 14, stime 15.
-    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    field(14) + field(15)
-}
-
-fn ticks_per_second() -> u64 {
-    // SAFETY: sysconf with a valid name.
-    u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100)
 }
 
 /// Publishes `n` readings `{prefix}{i}` in `chunks` parts, `pause` apart, from a blocking thread.
@@ -92,6 +78,35 @@ async fn moving(deployment: &Deployment, end: &str, at_least: u64, within: Durat
     false
 }
 
+/// Kills the provider of `package` with SIGKILL once the pipeline's `end` moves records, waits for
+/// the host to restart it, and asserts that the restarted provider moves records within
+/// [`RESUME`].
+async fn kill_and_resume(deployment: &Deployment, host: &str, package: &str, end: &str) {
+    assert!(
+        moving(deployment, end, 0, WAIT).await,
+        "{package}: nothing moved before the kill"
+    );
+    let pid = provider_pid(host, package).expect("the provider runs");
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let killed = Instant::now();
+    let new = restarted(host, package, pid).await;
+    let restarted_after = killed.elapsed();
+    // The restarted provider counts from zero: moving again means its own counter grows.
+    assert!(
+        moving(deployment, end, 0, RESUME).await,
+        "{package} (pid {new}, restarted {restarted_after:?} after the kill) moved nothing within {RESUME:?}: {}",
+        deployment.progress().await
+    );
+    eprintln!(
+        "{package}: killed, restarted after {restarted_after:?}, moving again after {:?}",
+        killed.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_source_and_sink_providers_are_restarted_and_nothing_is_lost() {
     sluice_integration::init_tracing();
@@ -112,32 +127,8 @@ async fn killed_source_and_sink_providers_are_restarted_and_nothing_is_lost() {
 
     let n = 4000;
     let publisher = publish_paced(&mqtt, "killed/line-1", "k-", n, 40, Duration::from_millis(150));
-    for package in ["sluice-provider-mqtt", "sluice-provider-s3"] {
-        let end = if package.ends_with("mqtt") { "source" } else { "sink" };
-        assert!(
-            moving(&deployment, end, 0, WAIT).await,
-            "{package}: nothing moved before the kill"
-        );
-        let pid = provider_pid(&host, package).expect("the provider runs");
-        assert!(Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success());
-        let killed = Instant::now();
-        let new = restarted(&host, package, pid).await;
-        let restarted_after = killed.elapsed();
-        // The restarted provider counts from zero: moving again means its own counter grows.
-        assert!(
-            moving(&deployment, end, 0, RESUME).await,
-            "{package} (pid {new}, restarted {restarted_after:?} after the kill) moved nothing within {RESUME:?}: {}",
-            deployment.progress().await
-        );
-        eprintln!(
-            "{package}: killed, restarted after {restarted_after:?}, moving again after {:?}",
-            killed.elapsed()
-        );
-    }
+    kill_and_resume(&deployment, &host, "sluice-provider-mqtt", "source").await;
+    kill_and_resume(&deployment, &host, "sluice-provider-s3", "sink").await;
     publisher.await.unwrap();
     let wanted = expected("k-", n);
     let got = wait_s3(&client, "killed", &wanted).await;
@@ -210,28 +201,7 @@ async fn a_killed_kafka_provider_serving_both_ends_is_restarted_and_nothing_is_l
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
     });
-    let package = "sluice-provider-kafka";
-    assert!(
-        moving(&deployment, "sink", 0, WAIT).await,
-        "nothing moved before the kill"
-    );
-    let pid = provider_pid(&host, package).expect("the provider runs");
-    assert!(Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let killed = Instant::now();
-    let new = restarted(&host, package, pid).await;
-    assert!(
-        moving(&deployment, "sink", 0, RESUME).await,
-        "{package} (pid {new}) moved nothing within {RESUME:?} of its restart: {}",
-        deployment.progress().await
-    );
-    eprintln!(
-        "{package} (both ends): killed, moving again after {:?}",
-        killed.elapsed()
-    );
+    kill_and_resume(&deployment, &host, "sluice-provider-kafka", "sink").await;
     feed.await.unwrap();
     let wanted: Vec<String> = (0..n).map(|i| format!("o-{i}")).collect();
     let got = kafka_records(&bootstrap, "orders.enriched", &wanted).await;
@@ -302,16 +272,13 @@ async fn s3_unreachable_at_deploy_and_for_a_minute_loses_nothing_and_idles() {
     let during = 500;
     publish(&mqtt, "outage/line-1", "during-", during);
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let pids: Vec<(&str, u32)> = ["sluice-provider-mqtt", "sluice-provider-s3"]
-        .into_iter()
-        .map(|p| (p, provider_pid(&host, p).expect("the provider runs")))
-        .collect();
-    let before: Vec<u64> = pids.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
     let window = Duration::from_secs(30);
-    tokio::time::sleep(window).await;
-    for ((package, pid), before) in pids.iter().zip(before) {
-        let used = (cpu_ticks(*pid) - before) as f64 / ticks_per_second() as f64;
-        let share = used / window.as_secs_f64();
+    let shares = futures::future::join_all(["sluice-provider-mqtt", "sluice-provider-s3"].map(|package| {
+        let pid = provider_pid(&host, package).expect("the provider runs");
+        async move { (package, procfs::core_share(pid, window).await) }
+    }))
+    .await;
+    for (package, share) in shares {
         eprintln!("{package} during the outage: {:.1}% of a core", share * 100.0);
         assert!(
             share < 0.05,
