@@ -103,13 +103,16 @@ where
                 _ = tokio::signal::ctrl_c() => info!("SIGINT: draining links"),
                 () = parent_gone() => warn!("the host process is gone: draining links"),
             }
-            // A drain that cannot finish (the lattice is gone, a system hangs) must not keep the
-            // process alive: it ends when the longest drain is over, whatever is left.
+            // A drain that cannot finish (the lattice is gone, a system hangs), or anything after
+            // it (the runtime waiting for a stuck blocking task), must not keep the process
+            // alive: a watchdog thread ends it once the longest drain is over, whatever is left.
             let limit = provider.engine.longest_drain() + CLOSE_LIMIT;
-            if tokio::time::timeout(limit, provider.engine.shutdown()).await.is_err() {
-                tracing::error!(?limit, "links did not drain in time; exiting");
+            std::thread::spawn(move || {
+                std::thread::sleep(limit);
+                tracing::error!(?limit, "the provider did not stop in time; exiting");
                 std::process::exit(1);
-            }
+            });
+            provider.engine.shutdown().await;
         }
     };
     serve(&wrpc, provider.clone(), stop)
