@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
@@ -46,6 +47,9 @@ where
     F: FnOnce(&ConfigReader<'_>) -> anyhow::Result<(S, K)>,
 {
     return_large_buffers_to_the_os();
+    // Watch the host from the first instant: a provider whose host dies while it is still
+    // connecting must end too, not only one that got as far as serving.
+    let watchdog = Watchdog::start();
     wasmcloud_provider_sdk::initialize_observability!(name, None::<std::ffi::OsString>);
     let host_data = wasmcloud_provider_sdk::load_host_data().context("failed to load host data")?;
     let config = ProviderConfig {
@@ -66,17 +70,25 @@ where
         engine: Arc::new(Engine::new(source, sink)),
         wrpc: Arc::default(),
     };
-    let host_shutdown = run_provider(provider.clone(), name)
-        .await
-        .context("failed to start the provider")?;
-    let connection = get_connection();
-    let wrpc = provider.wrpc().await.context("failed to create the wRPC client")?;
-
-    let mut status = connection
-        .nats
-        .subscribe(status_subject(&connection.lattice, connection.provider_key()))
-        .await
-        .context("failed to subscribe to the status subject")?;
+    // Boxed: inlined, its state would deepen every provider's main future past the compiler's
+    // layout recursion limit.
+    let started = Box::pin(async {
+        let host_shutdown = run_provider(provider.clone(), name)
+            .await
+            .context("failed to start the provider")?;
+        let connection = get_connection();
+        let wrpc = provider.wrpc().await.context("failed to create the wRPC client")?;
+        let status = connection
+            .nats
+            .subscribe(status_subject(&connection.lattice, connection.provider_key()))
+            .await
+            .context("failed to subscribe to the status subject")?;
+        anyhow::Ok((host_shutdown, connection, wrpc, status))
+    });
+    let (host_shutdown, connection, wrpc, mut status) = tokio::select! {
+        started = started => started?,
+        () = watchdog.parent_gone() => anyhow::bail!("the host process exited while the provider was starting"),
+    };
     let status_task = tokio::spawn({
         let engine = Arc::clone(&provider.engine);
         let nats = Arc::clone(&connection.nats);
@@ -101,26 +113,22 @@ where
                 () = host_shutdown => {}
                 _ = term.recv() => info!("SIGTERM: draining links"),
                 _ = tokio::signal::ctrl_c() => info!("SIGINT: draining links"),
-                () = parent_gone() => warn!("the host process is gone: draining links"),
+                () = watchdog.parent_gone() => warn!("the host process is gone: draining links"),
             }
             // A drain that cannot finish (the lattice is gone, a system hangs), or anything after
             // it (the runtime waiting for a stuck blocking task), must not keep the process
-            // alive: a watchdog thread ends it once the longest drain is over, whatever is left.
-            let limit = provider.engine.longest_drain() + CLOSE_LIMIT;
-            std::thread::spawn(move || {
-                std::thread::sleep(limit);
-                tracing::error!(?limit, "the provider did not stop in time; exiting");
-                std::process::exit(1);
-            });
+            // alive: the watchdog ends it once the longest drain is over, whatever is left.
+            watchdog.stop_within(provider.engine.longest_drain() + CLOSE_LIMIT);
             provider.engine.shutdown().await;
         }
     };
-    serve(&wrpc, provider.clone(), stop)
+    // Boxed for the same reason as `started`.
+    serve(&wrpc, provider.clone(), Box::pin(stop))
         .await
         .context("failed to serve sink.write")?;
     status_task.abort();
     // With the lattice gone a flush would wait for a reconnection that never comes.
-    match tokio::time::timeout(std::time::Duration::from_secs(2), connection.nats.flush()).await {
+    match tokio::time::timeout(Duration::from_secs(2), connection.nats.flush()).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => warn!(%err, "failed to flush the lattice connection"),
         Err(_) => warn!("the lattice connection did not flush in time"),
@@ -130,18 +138,55 @@ where
 
 /// How long closing the connectors may take once the links have drained: a provider told to stop
 /// exits within its longest `drain_timeout` plus this.
-const CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+const CLOSE_LIMIT: Duration = Duration::from_secs(10);
 
-/// Resolves once this process's parent (the host that started it) has exited and the process
-/// was handed to another parent: a provider outlives neither its host nor whatever started it.
-async fn parent_gone() {
-    let parent = std::os::unix::process::parent_id();
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        if std::os::unix::process::parent_id() != parent {
-            return;
-        }
+/// How long a provider whose host is gone may take to stop before it has heard of its links'
+/// drain timeouts: the default `drain_timeout` plus [`CLOSE_LIMIT`].
+const ORPHAN_LIMIT: Duration = Duration::from_secs(40);
+
+/// Ends the process when stopping takes too long, and notices when the host that started it is
+/// gone (the process was handed to another parent). It runs on a thread of its own from the
+/// provider's first instant, so neither a stuck runtime nor a host lost during start-up keeps a
+/// provider alive: a provider outlives neither its host nor whatever started it.
+struct Watchdog {
+    gone: tokio::sync::watch::Receiver<bool>,
+    deadline: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl Watchdog {
+    fn start() -> Self {
+        let (tell, gone) = tokio::sync::watch::channel(false);
+        let deadline = Arc::new(std::sync::Mutex::new(None::<Instant>));
+        let parent = std::os::unix::process::parent_id();
+        let thread_deadline = Arc::clone(&deadline);
+        std::thread::Builder::new()
+            .name("sluice-watchdog".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(500));
+                let mut deadline = thread_deadline.lock().unwrap_or_else(|e| e.into_inner());
+                if std::os::unix::process::parent_id() != parent && !*tell.borrow() {
+                    tell.send_replace(true);
+                    deadline.get_or_insert(Instant::now() + ORPHAN_LIMIT);
+                }
+                if deadline.is_some_and(|at| Instant::now() >= at) {
+                    tracing::error!("the provider did not stop in time; exiting");
+                    std::process::exit(1);
+                }
+            })
+            .expect("the watchdog thread starts");
+        Self { gone, deadline }
+    }
+
+    /// Resolves once the host process that started this provider has exited.
+    async fn parent_gone(&self) {
+        let mut gone = self.gone.clone();
+        // The sender lives as long as the process: an error cannot happen.
+        let _ = gone.wait_for(|gone| *gone).await;
+    }
+
+    /// Stopping has begun: end the process if it is still running after `limit`.
+    fn stop_within(&self, limit: Duration) {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + limit);
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sluice_provider_core::ConnectorError;
+use sluice_provider_core::{ConnectorError, LinkKey};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::warn;
@@ -65,9 +65,19 @@ const OPTIONS: SessionOptions = SessionOptions {
 impl Publisher {
     /// Connects (refusing bad credentials or an unreachable broker right away) and keeps the
     /// connection up in the background.
-    pub async fn connect(conn: &Connection, client_id: String) -> Result<Self, ConnectorError> {
+    /// Warns (naming the link) when the broker announces limits below what publishing at `qos`
+    /// needs.
+    pub async fn connect(
+        conn: &Connection,
+        client_id: String,
+        link: &LinkKey,
+        qos: Qos,
+    ) -> Result<Self, ConnectorError> {
         let (client, mut eventloop) = session::connect(conn, &client_id, OPTIONS)?;
-        session::handshake(&mut eventloop, conn).await?;
+        let (_, limits) = session::handshake(&mut eventloop, conn).await?;
+        for warning in limits.warnings(qos, usize::from(OPTIONS.receive_maximum)) {
+            warn!(%link, broker = %conn.broker(), "{warning}");
+        }
         let state = Arc::new(Mutex::new(State {
             client,
             queued: VecDeque::new(),

@@ -11,6 +11,50 @@ use sluice_provider_core::ConnectorError;
 
 use crate::config::{Connection, Protocol, Qos};
 
+/// What a v5 broker says of its limits in its CONNACK; a 3.1.1 broker says nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerLimits {
+    /// Most unacknowledged QoS 1/2 publishes the broker takes from us at once.
+    pub receive_maximum: Option<u16>,
+    /// Highest QoS the broker grants.
+    pub maximum_qos: Option<Qos>,
+}
+
+impl BrokerLimits {
+    /// What an operator should hear about these limits for a connection that uses `qos` and
+    /// may have `outstanding` of its own publishes unacknowledged at once (0 for one that only
+    /// subscribes).
+    pub fn warnings(&self, qos: Qos, outstanding: usize) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(max) = self.maximum_qos.filter(|max| *max < qos) {
+            warnings.push(format!(
+                "the broker grants at most QoS {} but the link asks for QoS {}: messages travel at most once",
+                max as u8, qos as u8
+            ));
+        }
+        if let Some(max) = self.receive_maximum.filter(|max| usize::from(*max) < outstanding) {
+            warnings.push(format!(
+                "the broker's receive maximum is {max}, below the link's {outstanding} publishes in flight: they wait for acknowledgements {max} at a time"
+            ));
+        }
+        warnings
+    }
+}
+
+fn limits5(properties: Option<&p5::ConnAckProperties>) -> BrokerLimits {
+    let Some(properties) = properties else {
+        return BrokerLimits::default();
+    };
+    BrokerLimits {
+        receive_maximum: properties.receive_max,
+        maximum_qos: properties.max_qos.map(|q| match q {
+            0 => Qos::AtMostOnce,
+            1 => Qos::AtLeastOnce,
+            _ => Qos::ExactlyOnce,
+        }),
+    }
+}
+
 /// A received PUBLISH, protocol-independent.
 #[derive(Debug)]
 pub struct Inbound {
@@ -27,7 +71,10 @@ pub struct Inbound {
 #[derive(Debug)]
 pub enum Event {
     /// The broker accepted the connection.
-    Connected { session_present: bool },
+    Connected {
+        session_present: bool,
+        limits: BrokerLimits,
+    },
     /// A message arrived.
     Publish(Inbound),
     /// One of our publishes went out with this packet id (0 for QoS 0).
@@ -207,6 +254,7 @@ impl EventLoop {
                 Ok(match event {
                     E::Incoming(P::ConnAck(ack)) => Event::Connected {
                         session_present: ack.session_present,
+                        limits: BrokerLimits::default(),
                     },
                     E::Incoming(P::Publish(p)) => Event::Publish(Inbound {
                         topic: p.topic,
@@ -236,6 +284,7 @@ impl EventLoop {
                 Ok(match event {
                     E::Incoming(P::ConnAck(ack)) => Event::Connected {
                         session_present: ack.session_present,
+                        limits: limits5(ack.properties.as_ref()),
                     },
                     E::Incoming(P::Publish(p)) => {
                         let mut headers = Vec::new();
@@ -357,12 +406,16 @@ impl Client {
 }
 
 /// Polls a fresh event loop until the broker accepts or refuses the connection.
-pub async fn handshake(eventloop: &mut EventLoop, conn: &Connection) -> Result<bool, ConnectorError> {
+/// Returns whether the broker kept a session, and the limits it announced.
+pub async fn handshake(eventloop: &mut EventLoop, conn: &Connection) -> Result<(bool, BrokerLimits), ConnectorError> {
     let broker = conn.broker();
     let attempt = async {
         loop {
             match eventloop.poll().await {
-                Ok(Event::Connected { session_present }) => return Ok(session_present),
+                Ok(Event::Connected {
+                    session_present,
+                    limits,
+                }) => return Ok((session_present, limits)),
                 Ok(_) => {}
                 Err(e) => {
                     let message = format!("cannot connect to {broker}: {e}");
@@ -382,4 +435,49 @@ pub async fn handshake(eventloop: &mut EventLoop, conn: &Connection) -> Result<b
             conn.connect_timeout
         ))
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_announcing_lower_limits_is_warned_about() {
+        let silent = BrokerLimits::default();
+        assert!(
+            silent.warnings(Qos::ExactlyOnce, 1000).is_empty(),
+            "a 3.1.1 broker says nothing"
+        );
+        let limits = limits5(Some(&p5::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max: Some(20),
+            max_qos: Some(0),
+            retain_available: None,
+            max_packet_size: None,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        }));
+        assert_eq!(
+            limits,
+            BrokerLimits {
+                receive_maximum: Some(20),
+                maximum_qos: Some(Qos::AtMostOnce)
+            }
+        );
+        let warnings = limits.warnings(Qos::AtLeastOnce, 100);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("at most QoS 0"), "{warnings:?}");
+        assert!(warnings[1].contains("receive maximum is 20"), "{warnings:?}");
+        assert!(limits.warnings(Qos::AtMostOnce, 20).is_empty());
+    }
 }

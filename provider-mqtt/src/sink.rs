@@ -20,7 +20,13 @@ impl SinkConnector for MqttSink {
     }
 
     async fn open(&self, link: &LinkKey, config: SinkConfig) -> Result<MqttWriter, ConnectorError> {
-        let publisher = Publisher::connect(&config.connection, config.connection.client_id(link, "sink")).await?;
+        let publisher = Publisher::connect(
+            &config.connection,
+            config.connection.client_id(link, "sink"),
+            link,
+            config.qos,
+        )
+        .await?;
         Ok(MqttWriter { publisher, config })
     }
 }

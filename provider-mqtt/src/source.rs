@@ -46,14 +46,17 @@ impl SourceConnector for MqttSource {
             manual_acks: true,
         };
         let (client, mut eventloop) = session::connect(conn, &conn.client_id(link, "src"), options)?;
-        let session_present = session::handshake(&mut eventloop, conn).await?;
+        let (session_present, limits) = session::handshake(&mut eventloop, conn).await?;
+        for warning in limits.warnings(config.qos, 0) {
+            warn!(%link, broker = %conn.broker(), "{warning}");
+        }
         client
             .subscribe(&config.topics, config.qos)
             .await
             .map_err(ConnectorError::msg)?;
         info!(broker = %conn.broker(), session_present, topics = ?config.topics, "mqtt source connected");
         let dead_letters = match &config.dead_letter_topic {
-            Some(_) => Some(Publisher::connect(conn, conn.client_id(link, "dlq")).await?),
+            Some(_) => Some(Publisher::connect(conn, conn.client_id(link, "dlq"), link, config.qos).await?),
             None => None,
         };
         // Unbounded so the event loop is never stuck behind the pipeline (it must keep sending
@@ -106,7 +109,7 @@ async fn pump(
                     return;
                 }
             }
-            Ok(Event::Connected { session_present }) => {
+            Ok(Event::Connected { session_present, .. }) => {
                 failures = 0;
                 info!(broker = %config.connection.broker(), session_present, "mqtt source reconnected");
                 if !session_present {
