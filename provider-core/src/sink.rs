@@ -35,8 +35,10 @@ pub trait SinkConnector: Send + Sync + 'static {
 
 /// Writes batches of one link to a sink system.
 pub trait SinkWriter: Send + Sync + 'static {
-    /// Writes a batch. `Ok` only once every record is durable in the target; `Failure::Retry` when
-    /// nothing may be assumed kept; `Failure::Reject` for records that can never be written.
+    /// Writes a batch. `Ok` only once every record is durable in the target; `Failure::Reject`
+    /// for records that can never be written (every other record is durable); `Failure::Retry`
+    /// when the batch should be written again later, whether or not some of its records were
+    /// already kept (a retried batch may write those twice: at-least-once, as the WIT says).
     fn write(&self, batch: Vec<Message>) -> impl Future<Output = Result<(), Failure>> + Send;
 
     /// Flushes and closes; called once when the link is deleted, after its last write.

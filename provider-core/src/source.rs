@@ -521,7 +521,8 @@ pub(crate) enum Attempt {
     Delivered,
     /// The component rejected these records (valid indices only, with reasons); it accepted the rest.
     Rejected(BTreeMap<usize, String>),
-    /// Nothing may be assumed accepted: a `retry` answer, a transport error or no answer in time.
+    /// The whole batch is to be offered again (some of it may have been kept already: at-least-once):
+    /// a `retry` answer, a transport error or no answer in time.
     Failed(String),
 }
 
