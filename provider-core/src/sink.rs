@@ -22,10 +22,26 @@ pub trait SinkConnector: Send + Sync + 'static {
     /// `false` for [`crate::Unsupported`]: the provider refuses links in this role.
     const ENABLED: bool = true;
 
+    /// `true` when a link's writer holds something a second writer of the same link cannot share
+    /// (a spool directory, an MQTT client id, a device's only connection). Then a link put again
+    /// is [checked](Self::check), its old writer closed, and only then the new one opened;
+    /// otherwise the new writer is opened before the old one closes.
+    const EXCLUSIVE: bool = false;
+
     /// Parses a link's config. Keys the engine itself reads are already taken.
     fn parse_config(&self, config: &ConfigReader<'_>) -> Result<Self::Config, ConfigError>;
 
-    /// Connects to the system for one link.
+    /// Checks what can be checked of a link without taking what its writer holds: that the
+    /// system answers and what the link names exists. An error refuses the link as an error of
+    /// [`open`](Self::open) does. The engine calls it before every `open`, and for an
+    /// [exclusive](Self::EXCLUSIVE) connector before it closes the writer of a link put again,
+    /// which keeps writing if this fails. The default checks nothing.
+    fn check(&self, link: &LinkKey, config: &Self::Config) -> impl Future<Output = Result<(), ConnectorError>> + Send {
+        let _ = (link, config);
+        async { Ok(()) }
+    }
+
+    /// Connects to the system for one link (after [`check`](Self::check) passed).
     fn open(
         &self,
         link: &LinkKey,
