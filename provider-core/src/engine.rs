@@ -15,7 +15,7 @@ use crate::link::{keep_opening, open_with_retry, LinkError, LinkErrorReason, Lin
 use crate::metrics::{LinkHealth, LinkMetrics, MetricsSnapshot};
 use crate::sink::{SinkConnector, SinkLink, SinkSettings};
 use crate::source::{Ingest, LinkStart, RunnerSettings, SourceSide};
-use crate::{Failure, Message};
+use crate::{ConnectorError, Failure, Message};
 
 struct SourceLink {
     stop: CancellationToken,
@@ -137,7 +137,15 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
     }
 
     /// Starts feeding the component of `spec` through the [`Ingest`] `make_ingest` makes, once the
-    /// link's config is accepted. A link that is already running is restarted with the new config.
+    /// link's config is accepted.
+    ///
+    /// A link that is already running is replaced: the new config is parsed and
+    /// [checked](SourceSide::check) first, and only if it passes is the running link stopped
+    /// (drained) and the new one opened; a refused config leaves the running link as it was. The
+    /// old link stops before the new one opens because most sources hold something two readers
+    /// of one link cannot share (a consumer group member id, a persistent session, a checkpoint,
+    /// an HTTP route), so what only opening can tell still refuses the new link after the old one
+    /// stopped.
     pub async fn put_source_link<I, F, Fut>(&self, spec: LinkSpec, make_ingest: F) -> Result<(), LinkError>
     where
         I: Ingest,
@@ -156,7 +164,6 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             .parse_config(&reader_config)
             .map_err(|e| self.refuse(Role::Source, &key, e.into()))?;
         Self::warn_unread(Role::Source, &key, &reader_config);
-        self.delete_source_link(&key).await;
         let ingest = make_ingest().await.map_err(|e| {
             self.refuse(
                 Role::Source,
@@ -164,6 +171,13 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
                 LinkErrorReason::Open(crate::ConnectorError::msg(format!("{e:#}"))),
             )
         })?;
+        if lock(&self.sources).contains_key(&key) {
+            if let Err(reason) = self.source.check(&key, &config).await {
+                warn!(component = %key.component, link = %key.name, "the new config is refused; the running link keeps its old one");
+                return Err(self.refuse(Role::Source, &key, reason));
+            }
+        }
+        self.delete_source_link(&key).await;
         let metrics = Arc::new(LinkMetrics::default());
         let stop = CancellationToken::new();
         let drain_timeout = settings.drain_timeout;
@@ -217,8 +231,14 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         true
     }
 
-    /// Starts serving `sink.write` for the component of `spec`. A link that already exists is
-    /// replaced once its running writes are done.
+    /// Starts serving `sink.write` for the component of `spec`.
+    ///
+    /// A link that already exists is replaced, and a new config that is refused leaves it as it
+    /// was. The new writer is opened first and the old one closed once its running writes are
+    /// done, unless the connector is [exclusive](SinkConnector::EXCLUSIVE): then the new config is
+    /// [checked](SinkConnector::check), the old writer closed (writes meanwhile answer `retry`),
+    /// and the new one opened, so what only opening can tell refuses the new link after the old
+    /// one closed.
     pub async fn put_sink_link(&self, spec: LinkSpec) -> Result<(), LinkError> {
         let key = spec.key.clone();
         if !K::ENABLED {
@@ -233,7 +253,23 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             .map_err(|e| self.refuse(Role::Sink, &key, e.into()))?;
         Self::warn_unread(Role::Sink, &key, &reader_config);
         let link = Arc::new(SinkLink::new(settings));
-        match open_with_retry(&key, Role::Sink, || self.sink.open(&key, config.clone())).await {
+        let replace_first = K::EXCLUSIVE && read_lock(&self.sinks).contains_key(&key);
+        if replace_first {
+            match open_with_retry(&key, Role::Sink, || self.sink.check(&key, &config)).await {
+                Err(error) if !error.is_transient() => {
+                    warn!(component = %key.component, link = %key.name, "the new config is refused; the running link keeps its old one");
+                    return Err(self.refuse(Role::Sink, &key, LinkErrorReason::Open(error)));
+                }
+                _ => {}
+            }
+            let old = write_lock(&self.sinks).insert(key.clone(), Arc::clone(&link));
+            if let Some(old) = old {
+                if let Err(err) = old.drain().await {
+                    warn!(component = %key.component, link = %key.name, error = %err, "closing the replaced sink failed");
+                }
+            }
+        }
+        match open_with_retry(&key, Role::Sink, || check_and_open(&*self.sink, &key, &config)).await {
             Ok(writer) => {
                 let _ = link.writer.set(writer);
             }
@@ -247,11 +283,19 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
                     Arc::clone(&link),
                 ));
             }
-            Err(error) => return Err(self.refuse(Role::Sink, &key, LinkErrorReason::Open(error))),
+            Err(error) => {
+                if replace_first {
+                    let mut sinks = write_lock(&self.sinks);
+                    if sinks.get(&key).is_some_and(|l| Arc::ptr_eq(l, &link)) {
+                        sinks.remove(&key);
+                    }
+                }
+                return Err(self.refuse(Role::Sink, &key, LinkErrorReason::Open(error)));
+            }
         }
         lock(&self.refused).remove(&(Role::Sink, key.clone()));
-        let old = write_lock(&self.sinks).insert(key.clone(), link);
-        if let Some(old) = old {
+        let old = write_lock(&self.sinks).insert(key.clone(), Arc::clone(&link));
+        if let Some(old) = old.filter(|old| !Arc::ptr_eq(old, &link)) {
             if let Err(err) = old.drain().await {
                 warn!(component = %key.component, link = %key.name, error = %err, "closing the replaced sink failed");
             }
@@ -377,7 +421,7 @@ async fn keep_opening_sink<K: SinkConnector>(
         opened = keep_opening(
             &key,
             Role::Sink,
-            || sink.open(&key, config.clone()),
+            || check_and_open(&*sink, &key, &config),
             |error| link.metrics.set_health(LinkHealth::Degraded(error.to_string())),
         ) => opened,
     };
@@ -400,6 +444,16 @@ async fn keep_opening_sink<K: SinkConnector>(
     }
 }
 
+/// [`SinkConnector::check`], then [`SinkConnector::open`].
+async fn check_and_open<K: SinkConnector>(
+    sink: &K,
+    key: &LinkKey,
+    config: &K::Config,
+) -> Result<K::Writer, ConnectorError> {
+    sink.check(key, config).await?;
+    sink.open(key, config.clone()).await
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -410,4 +464,283 @@ fn read_lock<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write_lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sink::SinkWriter;
+    use crate::testing::{MemoryIngest, MemorySink, MemorySource, MemoryStream};
+
+    const WITHIN: Duration = Duration::from_secs(10);
+
+    struct Setup {
+        engine: Engine<MemorySource, MemorySink>,
+        source: MemorySource,
+        sink: MemorySink,
+        ingest: MemoryIngest,
+    }
+
+    impl Setup {
+        fn new() -> Self {
+            let source = MemorySource::default();
+            let sink = MemorySink::default();
+            Self {
+                engine: Engine::new(source.clone(), sink.clone()),
+                source,
+                sink,
+                ingest: MemoryIngest::default(),
+            }
+        }
+
+        async fn put_source(&self, key: &LinkKey, config: &[(&str, &str)]) -> Result<(), LinkError> {
+            let ingest = self.ingest.clone();
+            self.engine
+                .put_source_link(LinkSpec::new(key.clone(), map(config)), || async move { Ok(ingest) })
+                .await
+        }
+
+        async fn put_sink(&self, key: &LinkKey, config: &[(&str, &str)]) -> Result<(), LinkError> {
+            self.engine.put_sink_link(LinkSpec::new(key.clone(), map(config))).await
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn records(prefix: &str, n: usize) -> Vec<Message> {
+        (0..n)
+            .map(|i| Message::new(format!("{prefix}-{i}").into_bytes(), format!("test@{i}")))
+            .collect()
+    }
+
+    async fn acked(stream: &MemoryStream, n: usize) -> bool {
+        stream.wait_for(WITHIN, |s| s.acked_count() == n).await
+    }
+
+    /// Waits until `done` holds for the engine's status.
+    async fn status_until(engine: &Engine<MemorySource, MemorySink>, done: impl Fn(&Status) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        while tokio::time::Instant::now() < deadline {
+            if done(&engine.status()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_dead_letter_write_holds_its_batch_while_the_rest_keeps_moving() {
+        let s = Setup::new();
+        let key = LinkKey::new("step", "default");
+        let stream = s.source.stream(&key);
+        stream.fail_dead_letters(Some("dead-letter destination down"));
+        s.put_source(
+            &key,
+            &[
+                ("max_batch_records", "10"),
+                ("max_in_flight", "4"),
+                ("linger", "1ms"),
+                ("retry_initial", "10ms"),
+                ("retry_max", "50ms"),
+            ],
+        )
+        .await
+        .unwrap();
+        stream.push(records("bad", 1));
+        assert!(stream.wait_for(WITHIN, |s| s.dead_letter_calls() >= 3).await, "retried");
+        assert!(
+            status_until(&s.engine, |st| st
+                .degraded("step")
+                .is_some_and(|r| r.contains("dead-letter") && r.contains("destination down")))
+            .await,
+            "the link shows why it is stuck: {:?}",
+            s.engine.status()
+        );
+
+        // Other batches are still read and delivered while the write is retried; none is
+        // acknowledged ahead of the record waiting for its dead-letter write.
+        stream.push(records("good", 20));
+        let ingest = s.ingest.clone();
+        assert!(
+            stream.wait_for(WITHIN, |_| ingest.accepted().len() == 20).await,
+            "delivered {} of 20 while the dead-letter write fails",
+            ingest.accepted().len()
+        );
+        assert!(
+            stream.acked().is_empty(),
+            "acked past a record not stored: {:?}",
+            stream.acked()
+        );
+        // The held record keeps the unacknowledged bound (4 x 10) from being passed.
+        stream.push(records("more", 60));
+        assert!(stream.wait_for(WITHIN, |_| ingest.accepted().len() == 39).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(stream.polled(), 40, "read up to the bound and no further");
+
+        stream.fail_dead_letters(None);
+        assert!(acked(&stream, 81).await, "acked {:?}", stream.acked());
+        assert_eq!(stream.acked(), (0..81).collect::<Vec<u64>>(), "in read order");
+        assert_eq!(stream.dead_letters().len(), 1);
+        assert!(
+            status_until(&s.engine, |st| st.links[0].degraded.is_none()
+                && st.links[0].metrics.dead_lettered == 1)
+            .await,
+            "healthy again once the write succeeds: {:?}",
+            s.engine.status()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missing_dead_letter_topic_refuses_the_link_by_key_and_name() {
+        let s = Setup::new();
+        let key = LinkKey::new("step-dl", "orders");
+        let err = s
+            .put_source(&key, &[("dead_letter_topic", "rejects")])
+            .await
+            .unwrap_err()
+            .to_string();
+        for needle in ["dead_letter_topic", "rejects", "step-dl", "orders"] {
+            assert!(err.contains(needle), "`{needle}` missing from: {err}");
+        }
+        let status = s.engine.status();
+        assert!(status.links.is_empty());
+        assert_eq!(status.refusal("step-dl"), Some(err.as_str()));
+
+        s.source.create_topic("rejects");
+        s.put_source(&key, &[("dead_letter_topic", "rejects")]).await.unwrap();
+        assert!(s.engine.status().refused.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_re_put_leaves_the_running_source_link_running() {
+        let s = Setup::new();
+        let key = LinkKey::new("step-re", "default");
+        let stream = s.source.stream(&key);
+        s.put_source(&key, &[("linger", "1ms")]).await.unwrap();
+        stream.push(records("a", 5));
+        assert!(acked(&stream, 5).await);
+
+        // A bad value and a missing destination are both refused before the old link stops.
+        assert!(s.put_source(&key, &[("max_in_flight", "none")]).await.is_err());
+        let err = s
+            .put_source(&key, &[("linger", "1ms"), ("dead_letter_topic", "nowhere")])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dead_letter_topic"), "{err}");
+        assert_eq!(stream.closed(), 0, "the running link was not stopped");
+        let status = s.engine.status();
+        assert_eq!(status.links.len(), 1, "{status:?}");
+        assert_eq!(status.refusal("step-re"), Some(err.as_str()));
+        stream.push(records("b", 5));
+        assert!(acked(&stream, 10).await, "the old link still delivers");
+
+        // A good config replaces it.
+        s.put_source(&key, &[("linger", "1ms"), ("max_in_flight", "2")])
+            .await
+            .unwrap();
+        assert_eq!(stream.closed(), 1, "the old link stopped");
+        assert!(s.engine.status().refused.is_empty());
+        stream.push(records("c", 5));
+        assert!(acked(&stream, 15).await, "the new link delivers");
+        assert_eq!(s.ingest.accepted().len(), 15);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_re_put_leaves_the_running_sink_link_writing() {
+        let s = Setup::new();
+        let key = LinkKey::new("writer", "default");
+        s.put_sink(&key, &[("label", "old")]).await.unwrap();
+        let err = s
+            .put_sink(&key, &[("label", "new"), ("open_error", "NoSuchBucket")])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NoSuchBucket"), "{err}");
+        s.engine.write("writer", "default", records("w", 2)).await.unwrap();
+        let labels: Vec<String> = s.sink.written().into_iter().map(|(label, _)| label).collect();
+        assert_eq!(labels, vec!["old".to_string()]);
+    }
+
+    /// A [`MemorySink`] whose writer holds something of its link's alone, counting the writers
+    /// open at once.
+    #[derive(Default)]
+    struct ExclusiveSink {
+        inner: MemorySink,
+        open: Arc<std::sync::atomic::AtomicI32>,
+        most_open: Arc<std::sync::atomic::AtomicI32>,
+    }
+
+    struct ExclusiveWriter {
+        inner: crate::testing::MemoryWriter,
+        open: Arc<std::sync::atomic::AtomicI32>,
+    }
+
+    impl SinkConnector for ExclusiveSink {
+        type Config = crate::testing::MemorySinkConfig;
+        type Writer = ExclusiveWriter;
+        const EXCLUSIVE: bool = true;
+
+        fn parse_config(&self, config: &ConfigReader<'_>) -> Result<Self::Config, crate::ConfigError> {
+            self.inner.parse_config(config)
+        }
+
+        async fn check(&self, link: &LinkKey, config: &Self::Config) -> Result<(), ConnectorError> {
+            self.inner.check(link, config).await
+        }
+
+        async fn open(&self, link: &LinkKey, config: Self::Config) -> Result<ExclusiveWriter, ConnectorError> {
+            let inner = self.inner.open(link, config).await?;
+            let now = self.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            self.most_open.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+            Ok(ExclusiveWriter {
+                inner,
+                open: Arc::clone(&self.open),
+            })
+        }
+    }
+
+    impl SinkWriter for ExclusiveWriter {
+        async fn write(&self, batch: Vec<Message>) -> Result<(), Failure> {
+            self.inner.write(batch).await
+        }
+
+        async fn close(&self) -> Result<(), ConnectorError> {
+            self.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_exclusive_sink_is_checked_then_closed_before_its_new_writer_opens() {
+        let sink = ExclusiveSink::default();
+        let (written, most_open) = (sink.inner.clone(), Arc::clone(&sink.most_open));
+        let engine = Engine::new(MemorySource::default(), sink);
+        let key = LinkKey::new("writer", "default");
+        let put = |config: &[(&str, &str)]| engine.put_sink_link(LinkSpec::new(key.clone(), map(config)));
+        put(&[("label", "old")]).await.unwrap();
+
+        let err = put(&[("label", "new"), ("check_error", "NoSuchBucket")])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NoSuchBucket"), "{err}");
+        engine.write("writer", "default", records("w", 1)).await.unwrap();
+
+        put(&[("label", "new")]).await.unwrap();
+        engine.write("writer", "default", records("w", 1)).await.unwrap();
+        let labels: Vec<String> = written.written().into_iter().map(|(label, _)| label).collect();
+        assert_eq!(labels, ["old", "new"], "the refused config left the old writer writing");
+        assert_eq!(
+            most_open.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "never two writers of the link at once"
+        );
+    }
 }

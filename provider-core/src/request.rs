@@ -41,6 +41,15 @@ pub trait RequestSource: Send + Sync + 'static {
     /// Parses a link's config. Keys the engine itself reads are already taken.
     fn parse_config(&self, config: &ConfigReader<'_>) -> Result<Self::Config, ConfigError>;
 
+    /// Checks a link's config against the links already attached, ignoring the link's own
+    /// running route (e.g. its route is another link's). When a link is put again the engine
+    /// calls it before detaching the running link, which keeps serving if this fails. The default
+    /// checks nothing.
+    fn check(&self, link: &LinkKey, config: &Self::Config) -> Result<(), ConnectorError> {
+        let _ = (link, config);
+        Ok(())
+    }
+
     /// Starts taking requests for a link, delivering them through `delivery`. An error refuses
     /// the link with the error's message (e.g. its route is already another link's), and every
     /// other link keeps running.
@@ -82,6 +91,10 @@ impl<R: RequestSource> SourceSide for Requests<R> {
 
     fn parse_config(&self, config: &ConfigReader<'_>) -> Result<Self::Config, ConfigError> {
         self.0.parse_config(config)
+    }
+
+    fn check(&self, link: &LinkKey, config: &Self::Config) -> impl Future<Output = Result<(), LinkErrorReason>> + Send {
+        std::future::ready(self.0.check(link, config).map_err(LinkErrorReason::Connector))
     }
 
     async fn start<I: Ingest>(

@@ -22,10 +22,26 @@ pub trait SinkConnector: Send + Sync + 'static {
     /// `false` for [`crate::Unsupported`]: the provider refuses links in this role.
     const ENABLED: bool = true;
 
+    /// `true` when a link's writer holds something a second writer of the same link cannot share
+    /// (a spool directory, an MQTT client id, a device's only connection). Then a link put again
+    /// is [checked](Self::check), its old writer closed, and only then the new one opened;
+    /// otherwise the new writer is opened before the old one closes.
+    const EXCLUSIVE: bool = false;
+
     /// Parses a link's config. Keys the engine itself reads are already taken.
     fn parse_config(&self, config: &ConfigReader<'_>) -> Result<Self::Config, ConfigError>;
 
-    /// Connects to the system for one link.
+    /// Checks what can be checked of a link without taking what its writer holds: that the
+    /// system answers and what the link names exists. An error refuses the link as an error of
+    /// [`open`](Self::open) does. The engine calls it before every `open`, and for an
+    /// [exclusive](Self::EXCLUSIVE) connector before it closes the writer of a link put again,
+    /// which keeps writing if this fails. The default checks nothing.
+    fn check(&self, link: &LinkKey, config: &Self::Config) -> impl Future<Output = Result<(), ConnectorError>> + Send {
+        let _ = (link, config);
+        async { Ok(()) }
+    }
+
+    /// Connects to the system for one link (after [`check`](Self::check) passed).
     fn open(
         &self,
         link: &LinkKey,
@@ -35,8 +51,10 @@ pub trait SinkConnector: Send + Sync + 'static {
 
 /// Writes batches of one link to a sink system.
 pub trait SinkWriter: Send + Sync + 'static {
-    /// Writes a batch. `Ok` only once every record is durable in the target; `Failure::Retry` when
-    /// nothing may be assumed kept; `Failure::Reject` for records that can never be written.
+    /// Writes a batch. `Ok` only once every record is durable in the target; `Failure::Reject`
+    /// for records that can never be written (every other record is durable); `Failure::Retry`
+    /// when the batch should be written again later, whether or not some of its records were
+    /// already kept (a retried batch may write those twice: at-least-once, as the WIT says).
     fn write(&self, batch: Vec<Message>) -> impl Future<Output = Result<(), Failure>> + Send;
 
     /// Flushes and closes; called once when the link is deleted, after its last write.

@@ -32,7 +32,22 @@ pub trait SourceConnector: Send + Sync + 'static {
     /// Parses a link's config. Keys the engine itself reads (batching, retries) are already taken.
     fn parse_config(&self, config: &ConfigReader<'_>) -> Result<Self::Config, ConfigError>;
 
-    /// Connects to the system for one link.
+    /// Checks what can be checked of a link without taking what its reader holds (a consumer
+    /// group membership, a session, a checkpoint): that the system answers, that what the link
+    /// names exists, its dead-letter destination included. An error refuses the link as an error
+    /// of [`open`](Self::open) does: at once when permanent (its message names the key at fault),
+    /// after a few attempts when [transient](ConnectorError::is_transient) (then the link is
+    /// degraded and opened in the background).
+    ///
+    /// The engine calls it before every `open`, and when a link is put again it calls it before
+    /// stopping the running link: a new config that fails it is refused and the running link
+    /// keeps going. The default checks nothing.
+    fn check(&self, link: &LinkKey, config: &Self::Config) -> impl Future<Output = Result<(), ConnectorError>> + Send {
+        let _ = (link, config);
+        async { Ok(()) }
+    }
+
+    /// Connects to the system for one link (after [`check`](Self::check) passed).
     fn open(
         &self,
         link: &LinkKey,
@@ -100,16 +115,25 @@ pub trait SourceReader: Send + 'static {
         let _ = acks;
     }
 
-    /// Stores records the component rejected for good, with the reason. The default logs them
-    /// with their origin; connectors with a dead-letter destination write them there.
+    /// Stores records the component rejected for good (or that ran out of retries), with the
+    /// reason. The default logs them with their origin; connectors with a dead-letter destination
+    /// write them there, and check it in [`SourceConnector::check`].
+    ///
+    /// Like [`ack`](Self::ack), the returned future must not borrow the reader: the runner goes on
+    /// reading and delivering the link's other lanes while it runs. A failed write is tried again
+    /// (a new call with the same records) with the link's backoff; meanwhile the batch is not done,
+    /// so its lane waits and nothing read after it is acknowledged, and the link shows as
+    /// [degraded](LinkHealth::Degraded) until a write succeeds.
     fn dead_letter(
         &mut self,
         rejected: Vec<(Message, String)>,
-    ) -> impl Future<Output = Result<(), ConnectorError>> + Send {
-        for (message, reason) in &rejected {
-            warn!(origin = %message.origin, %reason, "record rejected; no dead-letter destination configured");
+    ) -> impl Future<Output = Result<(), ConnectorError>> + Send + 'static {
+        async move {
+            for (message, reason) in &rejected {
+                warn!(origin = %message.origin, %reason, "record rejected; no dead-letter destination configured");
+            }
+            Ok(())
         }
-        async { Ok(()) }
     }
 
     /// Called once when the link stops, after the last acknowledgement.
@@ -289,6 +313,9 @@ impl<A> AckQueue<A> {
 /// One acknowledgement call is in flight at a time and the runner does not wait for it: what is
 /// released meanwhile is acknowledged by the next call. Records whose acknowledgement has not
 /// completed count against the unacknowledged bound, so a crash redelivers at most that many.
+/// A batch with rejected records is done once the reader has [dead-lettered](SourceReader::dead_letter)
+/// them: a failing write is retried with backoff as a task of its own while the other batches go
+/// on, and the link shows as degraded meanwhile.
 pub async fn run_source<R: SourceReader, I: Ingest>(
     link: LinkKey,
     mut reader: R,
@@ -313,8 +340,9 @@ pub async fn run_source<R: SourceReader, I: Ingest>(
         front: 0,
         entries: VecDeque::new(),
     };
-    type Done = (Option<u64>, Vec<u64>, Vec<(Message, String)>);
-    let mut inflight: JoinSet<Done> = JoinSet::new();
+    // Delivery tasks and dead-letter writes: a batch holds its slot and its lane until both are done.
+    let mut inflight: JoinSet<Step> = JoinSet::new();
+    let mut dead_letters = DeadLetterHealth::default();
     let mut acking: Option<AckCall> = None;
     let mut ack_waiting: Vec<R::Ack> = Vec::new();
     let mut poll_failures = 0u32;
@@ -361,7 +389,16 @@ pub async fn run_source<R: SourceReader, I: Ingest>(
                 Arc::clone(&metrics),
             );
             let positions = batch.positions;
-            inflight.spawn(async move { (lane, positions, task.await) }.instrument(span));
+            inflight.spawn(
+                async move {
+                    Step::Delivered {
+                        lane,
+                        positions,
+                        dead: task.await,
+                    }
+                }
+                .instrument(span),
+            );
         }
 
         if stopping && pending.is_empty() && inflight.is_empty() {
@@ -401,27 +438,56 @@ pub async fn run_source<R: SourceReader, I: Ingest>(
                 debug!(%link, "stopping: draining in-flight batches");
                 drain_deadline = Some(Instant::now() + settings.drain_timeout);
             }
-            Some(joined) = inflight.join_next(), if !inflight.is_empty() => match joined {
-                Ok((lane, positions, dead)) => {
-                    if let Some(lane) = lane {
-                        busy_lanes.remove(&lane);
+            Some(joined) = inflight.join_next(), if !inflight.is_empty() => {
+                let (lane, positions) = match joined {
+                    Ok(Step::Delivered { lane, positions, dead }) if !dead.is_empty() => {
+                        // The batch is done once its rejected records are stored: until then it
+                        // keeps its slot and lane, and what was read after it stays unacknowledged.
+                        let write = reader.dead_letter(dead.clone());
+                        inflight.spawn(dead_letter(lane, positions, dead, 1, Duration::ZERO, write));
+                        continue;
                     }
-                    if !dead.is_empty() && !dead_letter(&link, &mut reader, dead, &metrics, &settings, &stop).await {
-                        // Not stored anywhere: leave these records (and all read after them)
-                        // unacknowledged, so the source system offers them again.
-                        break;
+                    Ok(Step::Delivered { lane, positions, .. }) => (lane, positions),
+                    Ok(Step::DeadLettered { lane, positions, dead, attempt, result: Ok(()) }) => {
+                        LinkMetrics::add(&metrics.dead_lettered, dead.len());
+                        dead_letters.stored(&link, &metrics, attempt);
+                        (lane, positions)
                     }
-                    acks.finish(&positions);
-                    let released = acks.release();
-                    reader.released(&released);
-                    ack_waiting.extend(released);
-                    if acking.is_none() && !ack_waiting.is_empty() {
-                        acking = Some(AckCall::start(&mut reader, std::mem::take(&mut ack_waiting)));
+                    Ok(Step::DeadLettered { lane, positions, dead, attempt, result: Err(err) }) => {
+                        dead_letters.failed(&link, &metrics, attempt, &err);
+                        if stopping && attempt > 3 {
+                            // Not stored anywhere: leave these records (and all read after them)
+                            // unacknowledged, so the source system offers them again.
+                            error!(%link, error = %err, records = dead.len(), "dead-letter failed while stopping; leaving the records unacknowledged");
+                            if let Some(lane) = lane {
+                                busy_lanes.remove(&lane);
+                            }
+                            continue;
+                        }
+                        let delay = settings.backoff.delay(attempt);
+                        warn!(%link, error = %err, attempt, ?delay, "dead-letter failed; retrying while the other lanes go on");
+                        let write = reader.dead_letter(dead.clone());
+                        inflight.spawn(dead_letter(lane, positions, dead, attempt + 1, delay, write));
+                        continue;
                     }
+                    Err(err) => {
+                        if !err.is_cancelled() {
+                            error!(%link, %err, "delivery task failed");
+                        }
+                        continue;
+                    }
+                };
+                if let Some(lane) = lane {
+                    busy_lanes.remove(&lane);
                 }
-                Err(err) if err.is_cancelled() => {}
-                Err(err) => error!(%link, %err, "delivery task failed"),
-            },
+                acks.finish(&positions);
+                let released = acks.release();
+                reader.released(&released);
+                ack_waiting.extend(released);
+                if acking.is_none() && !ack_waiting.is_empty() {
+                    acking = Some(AckCall::start(&mut reader, std::mem::take(&mut ack_waiting)));
+                }
+            }
             result = async { acking.as_mut().expect("guarded by is_some").call.as_mut().await }, if acking.is_some() => {
                 let records = acking.take().map_or(0, |a| a.records);
                 acknowledged(&link, &metrics, records, result);
@@ -483,34 +549,77 @@ pub async fn run_source<R: SourceReader, I: Ingest>(
     debug!(%link, unacknowledged = acks.entries.len(), "source link stopped");
 }
 
-/// Hands rejected records to the reader's dead-letter destination, retrying while the link runs.
-/// Returns `false` if they could not be stored before the link stopped.
-async fn dead_letter<R: SourceReader>(
-    link: &LinkKey,
-    reader: &mut R,
+/// A batch's step finished in the runner's task set.
+enum Step {
+    /// Its delivery ended; `dead` holds the records to dead-letter, with reasons.
+    Delivered {
+        lane: Option<u64>,
+        positions: Vec<u64>,
+        dead: Vec<(Message, String)>,
+    },
+    /// Attempt number `attempt` to store its dead letters ended with `result`.
+    DeadLettered {
+        lane: Option<u64>,
+        positions: Vec<u64>,
+        dead: Vec<(Message, String)>,
+        attempt: u32,
+        result: Result<(), ConnectorError>,
+    },
+}
+
+/// Waits `delay` (the backoff before a retry), then runs one dead-letter `write` of a batch's
+/// rejected records.
+async fn dead_letter(
+    lane: Option<u64>,
+    positions: Vec<u64>,
     dead: Vec<(Message, String)>,
-    metrics: &LinkMetrics,
-    settings: &RunnerSettings,
-    stop: &CancellationToken,
-) -> bool {
-    let count = dead.len();
-    let mut attempt = 0;
-    loop {
-        match reader.dead_letter(dead.clone()).await {
-            Ok(()) => {
-                LinkMetrics::add(&metrics.dead_lettered, count);
-                return true;
-            }
-            Err(err) => {
-                attempt += 1;
-                if stop.is_cancelled() && attempt > 3 {
-                    error!(%link, error = %err, "dead-letter failed while stopping; leaving the records unacknowledged");
-                    return false;
-                }
-                let delay = settings.backoff.delay(attempt);
-                warn!(%link, error = %err, ?delay, "dead-letter failed; retrying");
-                tokio::time::sleep(delay).await;
-            }
+    attempt: u32,
+    delay: Duration,
+    write: impl Future<Output = Result<(), ConnectorError>>,
+) -> Step {
+    tokio::time::sleep(delay).await;
+    let result = write.await;
+    Step::DeadLettered {
+        lane,
+        positions,
+        dead,
+        attempt,
+        result,
+    }
+}
+
+/// Which batches of a link are waiting for a dead-letter write that failed: while any is, the
+/// link shows as [degraded](LinkHealth::Degraded) with the last error, and it is healthy again once
+/// every one of them has been stored.
+#[derive(Default)]
+struct DeadLetterHealth {
+    failing: usize,
+}
+
+impl DeadLetterHealth {
+    /// Attempt number `attempt` of a batch's dead-letter write failed with `err`.
+    fn failed(&mut self, link: &LinkKey, metrics: &LinkMetrics, attempt: u32, err: &ConnectorError) {
+        if attempt == 1 {
+            self.failing += 1;
+        }
+        if self.failing == 1 && attempt == 1 {
+            warn!(%link, error = %err, "link degraded: dead-letter writes are failing");
+        }
+        metrics.set_health(LinkHealth::Degraded(format!(
+            "dead-letter writes failing ({} batches waiting): {err}",
+            self.failing
+        )));
+    }
+
+    /// Attempt number `attempt` of a batch's dead-letter write succeeded.
+    fn stored(&mut self, link: &LinkKey, metrics: &LinkMetrics, attempt: u32) {
+        if attempt == 1 {
+            return;
+        }
+        self.failing = self.failing.saturating_sub(1);
+        if self.failing == 0 {
+            info!(%link, "dead-letter writes succeed again");
+            metrics.set_health(LinkHealth::Ok);
         }
     }
 }
@@ -521,7 +630,8 @@ pub(crate) enum Attempt {
     Delivered,
     /// The component rejected these records (valid indices only, with reasons); it accepted the rest.
     Rejected(BTreeMap<usize, String>),
-    /// Nothing may be assumed accepted: a `retry` answer, a transport error or no answer in time.
+    /// The whole batch is to be offered again (some of it may have been kept already: at-least-once):
+    /// a `retry` answer, a transport error or no answer in time.
     Failed(String),
 }
 
@@ -644,6 +754,16 @@ pub trait SourceSide: Send + Sync + 'static {
     /// Parses a link's config. Keys the engine itself reads are already taken.
     fn parse_config(&self, config: &ConfigReader<'_>) -> Result<Self::Config, ConfigError>;
 
+    /// Checks a link's config against its system without taking what a running link of the same
+    /// key holds. When a link is put again the engine calls it before it stops the running link,
+    /// which keeps running if this fails. An `Ok` does not promise that [`start`](Self::start)
+    /// succeeds: what only opening can tell (e.g. a consumer group refusing the member) still
+    /// refuses the new link, after the old one stopped. The default checks nothing.
+    fn check(&self, link: &LinkKey, config: &Self::Config) -> impl Future<Output = Result<(), LinkErrorReason>> + Send {
+        let _ = (link, config);
+        async { Ok(()) }
+    }
+
     /// Opens a link and returns what serves it: a future that runs until `link.stop` is
     /// cancelled, then drains the link (within `settings.drain_timeout`) and returns. An error
     /// refuses the link.
@@ -672,12 +792,22 @@ impl<S: SourceConnector> SourceSide for S {
         SourceConnector::parse_config(self, config)
     }
 
+    /// [`SourceConnector::check`], tried a few times while it fails transiently. A transient error
+    /// passes: the system may be down for the running link too, and the new one then waits for
+    /// it degraded, as on a first put.
+    async fn check(&self, link: &LinkKey, config: &Self::Config) -> Result<(), LinkErrorReason> {
+        match open_with_retry(link, Role::Source, || SourceConnector::check(self, link, config)).await {
+            Err(error) if !error.is_transient() => Err(LinkErrorReason::Open(error)),
+            _ => Ok(()),
+        }
+    }
+
     async fn start<I: Ingest>(
         self: Arc<Self>,
         config: Self::Config,
         l: LinkStart<I>,
     ) -> Result<futures::future::BoxFuture<'static, ()>, LinkErrorReason> {
-        let reader = match open_with_retry(&l.link, Role::Source, || self.open(&l.link, config.clone())).await {
+        let reader = match open_with_retry(&l.link, Role::Source, || check_and_open(&*self, &l.link, &config)).await {
             Ok(reader) => reader,
             Err(error) if error.is_transient() => {
                 warn!(link = %l.link, %error, "source link degraded: cannot connect yet; trying on in the background");
@@ -695,7 +825,7 @@ impl<S: SourceConnector> SourceSide for S {
                         opened = keep_opening(
                             &link,
                             Role::Source,
-                            || self.open(&link, config.clone()),
+                            || check_and_open(&*self, &link, &config),
                             |error| metrics.set_health(LinkHealth::Degraded(error.to_string())),
                         ) => opened,
                     };
@@ -723,4 +853,14 @@ impl<S: SourceConnector> SourceSide for S {
             l.link, reader, l.ingest, l.settings, l.metrics, l.stop,
         )))
     }
+}
+
+/// [`SourceConnector::check`], then [`SourceConnector::open`].
+async fn check_and_open<S: SourceConnector>(
+    connector: &S,
+    link: &LinkKey,
+    config: &S::Config,
+) -> Result<S::Reader, ConnectorError> {
+    SourceConnector::check(connector, link, config).await?;
+    connector.open(link, config.clone()).await
 }

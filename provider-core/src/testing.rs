@@ -1,7 +1,7 @@
 //! In-memory connectors for tests (feature `testing`): a source whose records, acknowledgements
 //! and dead letters the test controls and inspects, and a sink that keeps what it was given.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -12,8 +12,8 @@ use tokio::sync::Notify;
 use crate::config::{ConfigError, ConfigReader};
 use crate::link::LinkKey;
 use crate::sink::{SinkConnector, SinkWriter};
-use crate::source::{Record, SourceConnector, SourceReader};
-use crate::{ConnectorError, Failure, Message};
+use crate::source::{Ingest, Record, SourceConnector, SourceReader};
+use crate::{ConnectorError, Failure, Message, Rejected};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -21,13 +21,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A source of records pushed by the test, one stream per link.
 ///
-/// Link config: `ordered` (bool): keep records with the same message key in order.
+/// Link config: `ordered` (bool): keep records with the same message key in order;
+/// `dead_letter_topic`: a destination made with [`MemorySource::create_topic`], checked when the
+/// link is put (dead letters are kept in the link's [`MemoryStream`] either way).
 #[derive(Debug, Clone, Default)]
 pub struct MemorySource {
     streams: Arc<Mutex<HashMap<LinkKey, Arc<MemoryStream>>>>,
+    topics: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A [`MemorySource`] link's config.
+#[derive(Debug, Clone)]
+pub struct MemorySourceConfig {
+    /// `ordered`.
+    pub ordered: bool,
+    /// `dead_letter_topic`.
+    pub dead_letter_topic: Option<String>,
 }
 
 impl MemorySource {
+    /// Makes `topic` exist, for links naming it as their `dead_letter_topic`.
+    pub fn create_topic(&self, topic: &str) {
+        lock(&self.topics).insert(topic.to_string());
+    }
+
     /// The stream behind `key` (created on first use, before or after the link is put).
     #[must_use]
     pub fn stream(&self, key: &LinkKey) -> Arc<MemoryStream> {
@@ -47,6 +64,8 @@ pub struct MemoryStream {
     acks_held: AtomicBool,
     acks_released: Notify,
     dead: Mutex<Vec<(Message, String)>>,
+    dead_letter_error: Mutex<Option<String>>,
+    dead_letter_calls: AtomicU64,
     closed: AtomicU64,
     arrived: Notify,
     changed: Notify,
@@ -102,6 +121,16 @@ impl MemoryStream {
         lock(&self.dead).clone()
     }
 
+    /// While `error` is set, dead-letter writes fail with it (a destination that is down).
+    pub fn fail_dead_letters(&self, error: Option<&str>) {
+        *lock(&self.dead_letter_error) = error.map(str::to_string);
+    }
+
+    /// How many dead-letter writes were attempted, failed ones included.
+    pub fn dead_letter_calls(&self) -> u64 {
+        self.dead_letter_calls.load(Relaxed)
+    }
+
     /// How many times a reader of this stream was closed.
     pub fn closed(&self) -> u64 {
         self.closed.load(Relaxed)
@@ -123,17 +152,29 @@ impl MemoryStream {
 }
 
 impl SourceConnector for MemorySource {
-    type Config = bool;
+    type Config = MemorySourceConfig;
     type Reader = MemoryReader;
 
-    fn parse_config(&self, config: &ConfigReader<'_>) -> Result<bool, ConfigError> {
-        config.bool_or("ordered", false)
+    fn parse_config(&self, config: &ConfigReader<'_>) -> Result<MemorySourceConfig, ConfigError> {
+        Ok(MemorySourceConfig {
+            ordered: config.bool_or("ordered", false)?,
+            dead_letter_topic: config.str("dead_letter_topic").map(str::to_string),
+        })
     }
 
-    async fn open(&self, link: &LinkKey, ordered: bool) -> Result<MemoryReader, ConnectorError> {
+    async fn check(&self, _: &LinkKey, config: &MemorySourceConfig) -> Result<(), ConnectorError> {
+        match &config.dead_letter_topic {
+            Some(topic) if !lock(&self.topics).contains(topic) => Err(ConnectorError::msg(format!(
+                "dead_letter_topic: topic `{topic}` does not exist"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    async fn open(&self, link: &LinkKey, config: MemorySourceConfig) -> Result<MemoryReader, ConnectorError> {
         Ok(MemoryReader {
             stream: self.stream(link),
-            ordered,
+            ordered: config.ordered,
         })
     }
 }
@@ -199,10 +240,24 @@ impl SourceReader for MemoryReader {
         }
     }
 
-    async fn dead_letter(&mut self, rejected: Vec<(Message, String)>) -> Result<(), ConnectorError> {
-        lock(&self.stream.dead).extend(rejected);
-        self.stream.changed.notify_waiters();
-        Ok(())
+    fn dead_letter(
+        &mut self,
+        rejected: Vec<(Message, String)>,
+    ) -> impl Future<Output = Result<(), ConnectorError>> + Send + 'static {
+        let stream = Arc::clone(&self.stream);
+        async move {
+            stream.dead_letter_calls.fetch_add(1, Relaxed);
+            let failure = lock(&stream.dead_letter_error).clone();
+            let result = match failure {
+                Some(error) => Err(ConnectorError::msg(error)),
+                None => {
+                    lock(&stream.dead).extend(rejected);
+                    Ok(())
+                }
+            };
+            stream.changed.notify_waiters();
+            result
+        }
     }
 
     async fn close(&mut self) {
@@ -215,7 +270,9 @@ impl SourceReader for MemoryReader {
 pub type LabelledBatch = (String, Vec<Message>);
 
 /// A sink that keeps every batch, tagged with its link's `label` config (required), so a test
-/// can tell which link's config a write used. `write_delay` (a duration) slows every write.
+/// can tell which link's config a write used. `write_delay` (a duration) slows every write;
+/// `check_error` / `open_error` make [`SinkConnector::check`] / opening the link fail (for good)
+/// with that message.
 #[derive(Debug, Clone, Default)]
 pub struct MemorySink {
     written: Arc<Mutex<Vec<LabelledBatch>>>,
@@ -229,18 +286,49 @@ impl MemorySink {
     }
 }
 
+/// A [`MemorySink`] link's config.
+#[derive(Debug, Clone)]
+pub struct MemorySinkConfig {
+    /// `label`.
+    pub label: String,
+    /// `write_delay`.
+    pub delay: Duration,
+    /// `check_error`.
+    pub check_error: Option<String>,
+    /// `open_error`.
+    pub open_error: Option<String>,
+}
+
 impl SinkConnector for MemorySink {
-    type Config = (String, Duration);
+    type Config = MemorySinkConfig;
     type Writer = MemoryWriter;
 
-    fn parse_config(&self, config: &ConfigReader<'_>) -> Result<(String, Duration), ConfigError> {
-        Ok((
-            config.required_str("label")?.to_string(),
-            config.duration_or("write_delay", Duration::ZERO)?,
-        ))
+    fn parse_config(&self, config: &ConfigReader<'_>) -> Result<MemorySinkConfig, ConfigError> {
+        Ok(MemorySinkConfig {
+            label: config.required_str("label")?.to_string(),
+            delay: config.duration_or("write_delay", Duration::ZERO)?,
+            check_error: config.str("check_error").map(str::to_string),
+            open_error: config.str("open_error").map(str::to_string),
+        })
     }
 
-    async fn open(&self, _: &LinkKey, (label, delay): (String, Duration)) -> Result<MemoryWriter, ConnectorError> {
+    async fn check(&self, _: &LinkKey, config: &MemorySinkConfig) -> Result<(), ConnectorError> {
+        config
+            .check_error
+            .as_ref()
+            .map_or(Ok(()), |e| Err(ConnectorError::msg(e)))
+    }
+
+    async fn open(&self, _: &LinkKey, config: MemorySinkConfig) -> Result<MemoryWriter, ConnectorError> {
+        let MemorySinkConfig {
+            label,
+            delay,
+            open_error,
+            ..
+        } = config;
+        if let Some(error) = open_error {
+            return Err(ConnectorError::msg(error));
+        }
         Ok(MemoryWriter {
             label,
             delay,
@@ -262,5 +350,43 @@ impl SinkWriter for MemoryWriter {
         tokio::time::sleep(self.delay).await;
         lock(&self.written).push((self.label.clone(), batch));
         Ok(())
+    }
+}
+
+/// A component in the test's own process, for [`crate::Engine::put_source_link`]: it accepts every
+/// record except those whose payload starts with `bad`, which it rejects, and keeps what it
+/// accepted. Clones share what was accepted.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryIngest {
+    accepted: Arc<Mutex<Vec<Message>>>,
+}
+
+impl MemoryIngest {
+    /// Every record accepted so far, in delivery order.
+    #[must_use]
+    pub fn accepted(&self) -> Vec<Message> {
+        lock(&self.accepted).clone()
+    }
+}
+
+impl Ingest for MemoryIngest {
+    async fn deliver(&self, batch: &[Message]) -> Result<Result<(), Failure>, anyhow::Error> {
+        let mut rejected = Vec::new();
+        let mut accepted = lock(&self.accepted);
+        for (index, message) in batch.iter().enumerate() {
+            if message.payload.starts_with(b"bad") {
+                rejected.push(Rejected {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    reason: "bad record".into(),
+                });
+            } else {
+                accepted.push(message.clone());
+            }
+        }
+        Ok(if rejected.is_empty() {
+            Ok(())
+        } else {
+            Err(Failure::Reject(rejected))
+        })
     }
 }

@@ -98,6 +98,11 @@ impl RequestSource for HttpSource {
         RouteConfig::from_config(config)
     }
 
+    /// The route collides or nests undeclared with no other link's route.
+    fn check(&self, link: &LinkKey, config: &RouteConfig) -> Result<(), ConnectorError> {
+        self.router.check(config, link).map_err(ConnectorError::new)
+    }
+
     fn attach(&self, link: &LinkKey, config: RouteConfig, delivery: Delivery) -> Result<Arc<Route>, ConnectorError> {
         let route = self.router.insert(config, delivery).map_err(ConnectorError::new)?;
         tracing::info!(%link, route = %router::RouteDisplay(&route.config), "route added");

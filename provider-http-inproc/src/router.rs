@@ -160,9 +160,13 @@ fn prefixes(path: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// A route of `table` in `config`'s host scope that nests with `config` without the outer one
-/// declaring the inner one in `nested_routes`.
-fn nesting_conflict(table: &HashMap<(Option<String>, String), Group>, config: &RouteConfig) -> Option<RouteConflict> {
+/// A route of `table` (other than `link`'s own) in `config`'s host scope that nests with `config`
+/// without the outer one declaring the inner one in `nested_routes`.
+fn nesting_conflict(
+    table: &HashMap<(Option<String>, String), Group>,
+    config: &RouteConfig,
+    link: Option<&LinkKey>,
+) -> Option<RouteConflict> {
     let undeclared = |outer: &RouteConfig, inner: &RouteConfig| {
         strictly_under(&inner.prefix, &outer.prefix) && !outer.nested_routes.allows(&inner.prefix)
     };
@@ -170,6 +174,7 @@ fn nesting_conflict(table: &HashMap<(Option<String>, String), Group>, config: &R
         .iter()
         .filter(|((host, _), _)| *host == config.host)
         .flat_map(|(_, group)| group)
+        .filter(|r| Some(r.link()) != link)
         .find(|r| undeclared(&r.config, config) || undeclared(config, &r.config))?;
     let route = RouteDisplay(config).to_string();
     let other = RouteDisplay(&existing.config).to_string();
@@ -191,21 +196,43 @@ fn nesting_conflict(table: &HashMap<(Option<String>, String), Group>, config: &R
     })
 }
 
+/// What keeps `config` out of `table`: a route (other than `link`'s own) it collides or nests
+/// with undeclared.
+fn conflict(
+    table: &HashMap<(Option<String>, String), Group>,
+    config: &RouteConfig,
+    link: Option<&LinkKey>,
+) -> Option<RouteConflict> {
+    if let Some(conflict) = nesting_conflict(table, config, link) {
+        return Some(conflict);
+    }
+    let group = table.get(&(config.host.clone(), config.prefix.clone()))?;
+    let existing = group
+        .iter()
+        .filter(|r| Some(r.link()) != link)
+        .find(|r| r.overlaps(config))?;
+    Some(RouteConflict::Collides {
+        route: RouteDisplay(config).to_string(),
+        existing: RouteDisplay(&existing.config).to_string(),
+        owner: existing.link().clone(),
+    })
+}
+
 impl Router {
+    /// Whether `config` could be inserted for `link` once `link`'s own route is removed: the
+    /// check before a link put again replaces its route.
+    pub fn check(&self, config: &RouteConfig, link: &LinkKey) -> Result<(), RouteConflict> {
+        let table = self.table.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        conflict(&table, config, Some(link)).map_or(Ok(()), Err)
+    }
+
     /// Adds a route, unless it collides with one already there or nests with one undeclared.
     pub fn insert(&self, config: RouteConfig, delivery: Delivery) -> Result<Arc<Route>, RouteConflict> {
         let mut table = self.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(conflict) = nesting_conflict(&table, &config) {
+        if let Some(conflict) = conflict(&table, &config, None) {
             return Err(conflict);
         }
         let group = table.entry((config.host.clone(), config.prefix.clone())).or_default();
-        if let Some(existing) = group.iter().find(|r| r.overlaps(&config)) {
-            return Err(RouteConflict::Collides {
-                route: RouteDisplay(&config).to_string(),
-                existing: RouteDisplay(&existing.config).to_string(),
-                owner: existing.link().clone(),
-            });
-        }
         let route = Arc::new(Route {
             metrics: RouteMetrics::default(),
             config,
@@ -432,5 +459,23 @@ mod tests {
         assert!(add(&r, "x", &[("path", "/o/x")]).is_err());
         assert_eq!(who(&r, None, "/o/deep/er/1", Method::POST), "deep");
         assert_eq!(who(&r, None, "/o/deep/1", Method::POST), "o");
+    }
+
+    #[test]
+    fn a_link_put_again_is_checked_against_every_route_but_its_own() {
+        let r = Router::default();
+        add(&r, "a", &[("path", "/a")]).unwrap();
+        add(&r, "b", &[("path", "/b")]).unwrap();
+        let config = |path: &str| {
+            let values = HashMap::from([("path".to_string(), path.to_string())]);
+            RouteConfig::from_config(&ConfigReader::new(&values, &HashMap::new())).unwrap()
+        };
+        let a = LinkKey::new("a", "default");
+        assert!(r.check(&config("/a"), &a).is_ok(), "its own route is no conflict");
+        assert!(r.check(&config("/c"), &a).is_ok());
+        let err = r.check(&config("/b"), &a).unwrap_err().to_string();
+        assert!(err.contains('b'), "{err}");
+        assert!(r.check(&config("/b/x"), &a).is_err(), "nested undeclared under b");
+        assert_eq!(who(&r, None, "/a", Method::POST), "a", "checking changes nothing");
     }
 }

@@ -6,10 +6,12 @@ use sluice_provider_core::ConnectorError;
 
 /// Runs `fetch` (a blocking metadata request) on a blocking thread and checks that every topic in
 /// `topics` exists, so a link to an unreachable cluster or a missing topic is refused at once.
+/// Each topic comes with the config key that names it, when the error should name it (e.g.
+/// `dead_letter_topic`).
 pub(crate) async fn check_topics(
     fetch: impl FnOnce() -> KafkaResult<Metadata> + Send + 'static,
     servers: String,
-    topics: Vec<String>,
+    topics: Vec<(Option<&'static str>, String)>,
 ) -> Result<(), ConnectorError> {
     tokio::task::spawn_blocking(move || {
         let metadata = fetch().map_err(|e| {
@@ -27,9 +29,10 @@ pub(crate) async fn check_topics(
                 .iter()
                 .any(|t| t.name() == topic && t.error().is_none())
         };
-        match topics.iter().find(|topic| !exists(topic)) {
-            Some(missing) => Err(ConnectorError::msg(format!(
-                "topic `{missing}` does not exist at {servers}"
+        match topics.iter().find(|(_, topic)| !exists(topic)) {
+            Some((key, missing)) => Err(ConnectorError::msg(format!(
+                "{}topic `{missing}` does not exist at {servers}",
+                key.map(|k| format!("`{k}`: ")).unwrap_or_default()
             ))),
             None => Ok(()),
         }

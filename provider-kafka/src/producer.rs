@@ -57,7 +57,7 @@ impl Producer {
         crate::metadata::check_topics(
             move || producer.client().fetch_metadata(None, timeout),
             self.servers.clone(),
-            topics,
+            topics.into_iter().map(|topic| (None, topic)).collect(),
         )
         .await
     }

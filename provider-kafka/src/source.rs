@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::join_all;
 use futures::FutureExt as _;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -110,6 +110,32 @@ impl SourceConnector for KafkaSource {
         SourceConfig::parse(config)
     }
 
+    /// The brokers answer, and the named topics (not patterns) and the `dead_letter_topic` exist:
+    /// a metadata request from a client of its own, which joins no group.
+    async fn check(&self, _: &LinkKey, config: &SourceConfig) -> Result<(), ConnectorError> {
+        let client: BaseConsumer = config
+            .connection
+            .client_config()
+            .create()
+            .map_err(|e| ConnectorError::msg(format!("bad consumer config: {e}")))?;
+        let named = config
+            .topics
+            .iter()
+            .filter(|t| !t.starts_with('^'))
+            .map(|t| (None, t.clone()));
+        let dead_letters = config
+            .dead_letter_topic
+            .iter()
+            .map(|t| (Some("dead_letter_topic"), t.clone()));
+        let timeout = config.connection.connect_timeout;
+        crate::metadata::check_topics(
+            move || client.fetch_metadata(None, timeout),
+            config.connection.bootstrap_servers.clone(),
+            named.chain(dead_letters).collect(),
+        )
+        .await
+    }
+
     async fn open(&self, link: &LinkKey, config: SourceConfig) -> Result<KafkaReader, ConnectorError> {
         let mut client = config.connection.client_config();
         client
@@ -135,29 +161,20 @@ impl SourceConnector for KafkaSource {
             })
             .map_err(|e| ConnectorError::msg(format!("bad consumer config: {e}")))?;
         let consumer = Arc::new(consumer);
-        let named = config.topics.iter().filter(|t| !t.starts_with('^')).cloned().collect();
-        let timeout = config.connection.connect_timeout;
-        let fetcher = Arc::clone(&consumer);
-        crate::metadata::check_topics(
-            move || fetcher.fetch_metadata(None, timeout),
-            config.connection.bootstrap_servers.clone(),
-            named,
-        )
-        .await?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
             .map_err(|e| ConnectorError::msg(format!("cannot subscribe to {topics:?}: {e}")))?;
         let dead_letters = match &config.dead_letter_topic {
-            Some(topic) => Some((
-                topic.clone(),
-                Producer::new(
+            Some(topic) => Some(Arc::new(DeadLetters {
+                topic: topic.clone(),
+                producer: Producer::new(
                     &config.connection,
                     "lz4",
                     Duration::from_secs(30),
                     Duration::from_millis(5),
                 )?,
-            )),
+            })),
             None => None,
         };
         info!(%link, topics = ?config.topics, group = %config.group_id(link), "kafka source subscribed");
@@ -173,7 +190,13 @@ impl SourceConnector for KafkaSource {
 pub struct KafkaReader {
     consumer: Arc<StreamConsumer<SourceContext>>,
     released: Released,
-    dead_letters: Option<(String, Producer)>,
+    dead_letters: Option<Arc<DeadLetters>>,
+}
+
+/// Where a source link's rejected records go: its `dead_letter_topic`.
+struct DeadLetters {
+    topic: String,
+    producer: Producer,
 }
 
 fn record(m: &BorrowedMessage<'_>) -> Record<KafkaAck> {
@@ -252,13 +275,33 @@ impl SourceReader for KafkaReader {
         }
     }
 
-    async fn dead_letter(&mut self, rejected: Vec<(Message, String)>) -> Result<(), ConnectorError> {
-        let Some((topic, producer)) = &self.dead_letters else {
-            for (m, reason) in &rejected {
-                warn!(origin = %m.origin, %reason, "record rejected; no dead_letter_topic configured");
+    fn dead_letter(
+        &mut self,
+        rejected: Vec<(Message, String)>,
+    ) -> impl Future<Output = Result<(), ConnectorError>> + Send + 'static {
+        let dead_letters = self.dead_letters.clone();
+        async move {
+            match dead_letters {
+                Some(dead_letters) => dead_letters.write(rejected).await,
+                None => {
+                    for (m, reason) in &rejected {
+                        warn!(origin = %m.origin, %reason, "record rejected; no dead_letter_topic configured");
+                    }
+                    Ok(())
+                }
             }
-            return Ok(());
-        };
+        }
+    }
+
+    async fn close(&mut self) {
+        let consumer = Arc::clone(&self.consumer);
+        let _ = tokio::task::spawn_blocking(move || consumer.unsubscribe()).await;
+    }
+}
+
+impl DeadLetters {
+    /// Produces `rejected` to the topic, each with its reason and origin as headers.
+    async fn write(&self, rejected: Vec<(Message, String)>) -> Result<(), ConnectorError> {
         let messages = rejected
             .into_iter()
             .map(|(mut m, reason)| {
@@ -269,18 +312,13 @@ impl SourceReader for KafkaReader {
             .collect::<Vec<_>>();
         // The dead-letter topic is the link's; a record's own `kafka.topic` header is just a header.
         let route = Route {
-            topic,
+            topic: &self.topic,
             by_header: false,
         };
-        let outcomes = join_all(messages.iter().map(|m| producer.send(route, m))).await;
+        let outcomes = join_all(messages.iter().map(|m| self.producer.send(route, m))).await;
         match outcomes.into_iter().find_map(Result::err) {
             Some(e) => Err(ConnectorError::msg(format!("dead-letter produce failed: {e}"))),
             None => Ok(()),
         }
-    }
-
-    async fn close(&mut self) {
-        let consumer = Arc::clone(&self.consumer);
-        let _ = tokio::task::spawn_blocking(move || consumer.unsubscribe()).await;
     }
 }

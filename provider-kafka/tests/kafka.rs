@@ -517,7 +517,7 @@ async fn bad_brokers_and_topics_are_refused_by_name_while_others_run() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
-    let cases: [Case<'_>; 3] = [
+    let cases: [Case<'_>; 4] = [
         (
             "step-syntax",
             vec![("bootstrap_servers", "nohost"), ("topics", "fine")],
@@ -527,6 +527,15 @@ async fn bad_brokers_and_topics_are_refused_by_name_while_others_run() {
             "step-missing",
             vec![("bootstrap_servers", bootstrap.as_str()), ("topics", "nope")],
             "`nope` does not exist",
+        ),
+        (
+            "step-dlq",
+            vec![
+                ("bootstrap_servers", bootstrap.as_str()),
+                ("topics", "fine"),
+                ("dead_letter_topic", "no-dlq"),
+            ],
+            "`dead_letter_topic`: topic `no-dlq` does not exist",
         ),
         (
             "step-reserved",

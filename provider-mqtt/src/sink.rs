@@ -14,6 +14,9 @@ pub struct MqttSink;
 impl SinkConnector for MqttSink {
     type Config = SinkConfig;
     type Writer = MqttWriter;
+    /// A link's client id is its publisher's alone: a second session with it would take the
+    /// first one's over.
+    const EXCLUSIVE: bool = true;
 
     fn parse_config(&self, config: &ConfigReader<'_>) -> Result<SinkConfig, ConfigError> {
         SinkConfig::parse(config)

@@ -56,7 +56,9 @@ impl SourceConnector for MqttSource {
             .map_err(ConnectorError::msg)?;
         info!(broker = %conn.broker(), session_present, topics = ?config.topics, "mqtt source connected");
         let dead_letters = match &config.dead_letter_topic {
-            Some(_) => Some(Publisher::connect(conn, conn.client_id(link, "dlq"), link, config.qos).await?),
+            Some(_) => Some(Arc::new(
+                Publisher::connect(conn, conn.client_id(link, "dlq"), link, config.qos).await?,
+            )),
             None => None,
         };
         // Unbounded so the event loop is never stuck behind the pipeline (it must keep sending
@@ -136,7 +138,7 @@ pub struct MqttReader {
     rx: mpsc::UnboundedReceiver<Inbound>,
     buffered: Arc<AtomicUsize>,
     task: JoinHandle<()>,
-    dead_letters: Option<Publisher>,
+    dead_letters: Option<Arc<Publisher>>,
     config: SourceConfig,
 }
 
@@ -206,28 +208,34 @@ impl SourceReader for MqttReader {
         }
     }
 
-    async fn dead_letter(&mut self, rejected: Vec<(Message, String)>) -> Result<(), ConnectorError> {
-        let (Some(publisher), Some(topic)) = (&self.dead_letters, &self.config.dead_letter_topic) else {
-            for (m, reason) in &rejected {
-                warn!(origin = %m.origin, %reason, "record rejected; no dead_letter_topic configured");
+    fn dead_letter(
+        &mut self,
+        rejected: Vec<(Message, String)>,
+    ) -> impl Future<Output = Result<(), ConnectorError>> + Send + 'static {
+        let destination = self.dead_letters.clone().zip(self.config.dead_letter_topic.clone());
+        async move {
+            let Some((publisher, topic)) = destination else {
+                for (m, reason) in &rejected {
+                    warn!(origin = %m.origin, %reason, "record rejected; no dead_letter_topic configured");
+                }
+                return Ok(());
+            };
+            let messages = rejected
+                .into_iter()
+                .map(|(m, reason)| {
+                    let mut headers = m.headers;
+                    headers.push(("sluice.reason".into(), Bytes::from(reason)));
+                    headers.push(("sluice.origin".into(), Bytes::from(m.origin)));
+                    (topic.clone(), m.payload, headers)
+                })
+                .collect();
+            let outcomes = publisher
+                .publish_all(messages, Qos::AtLeastOnce, false, Duration::from_secs(30))
+                .await;
+            match outcomes.into_iter().find_map(Result::err) {
+                Some(e) => Err(ConnectorError::msg(format!("dead-letter publish failed: {e}"))),
+                None => Ok(()),
             }
-            return Ok(());
-        };
-        let messages = rejected
-            .into_iter()
-            .map(|(m, reason)| {
-                let mut headers = m.headers;
-                headers.push(("sluice.reason".into(), Bytes::from(reason)));
-                headers.push(("sluice.origin".into(), Bytes::from(m.origin)));
-                (topic.clone(), m.payload, headers)
-            })
-            .collect();
-        let outcomes = publisher
-            .publish_all(messages, Qos::AtLeastOnce, false, Duration::from_secs(30))
-            .await;
-        match outcomes.into_iter().find_map(Result::err) {
-            Some(e) => Err(ConnectorError::msg(format!("dead-letter publish failed: {e}"))),
-            None => Ok(()),
         }
     }
 

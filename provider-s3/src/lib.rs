@@ -50,9 +50,13 @@ impl SourceConnector for S3Source {
         SourceConfig::from_config(config)
     }
 
+    /// The bucket exists and the credentials may use it.
+    async fn check(&self, _: &LinkKey, config: &SourceConfig) -> Result<(), ConnectorError> {
+        Ok(check_bucket(&config.client.client(), &config.client.bucket).await?)
+    }
+
     async fn open(&self, link: &LinkKey, config: SourceConfig) -> Result<S3Reader, ConnectorError> {
         let client = config.client.client();
-        check_bucket(&client, &config.client.bucket).await?;
         let store = match &config.checkpoint_file {
             Some(path) => CheckpointStore::File(path.into()),
             None => CheckpointStore::Object {
@@ -71,6 +75,9 @@ impl SourceConnector for S3Source {
 impl SinkConnector for S3Sink {
     type Config = SinkConfig;
     type Writer = S3Writer;
+    /// A link's spool directory is its writer's alone: two writers would number and upload the
+    /// same files.
+    const EXCLUSIVE: bool = true;
 
     fn parse_config(&self, config: &ConfigReader<'_>) -> Result<SinkConfig, ConfigError> {
         let parsed = SinkConfig::from_config(config)?;
@@ -79,10 +86,14 @@ impl SinkConnector for S3Sink {
         Ok(parsed)
     }
 
+    /// The bucket exists and the credentials may use it.
+    async fn check(&self, _: &LinkKey, config: &SinkConfig) -> Result<(), ConnectorError> {
+        Ok(check_bucket(&config.client.client(), &config.client.bucket).await?)
+    }
+
     async fn open(&self, link: &LinkKey, config: SinkConfig) -> Result<S3Writer, ConnectorError> {
         let template = KeyTemplate::parse("key_template", &config.template, link).map_err(ConnectorError::new)?;
         let client = config.client.client();
-        check_bucket(&client, &config.client.bucket).await?;
         S3Writer::new(client, config, template, link.clone()).map_err(ConnectorError::new)
     }
 }
