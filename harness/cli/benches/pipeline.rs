@@ -150,12 +150,17 @@ async fn wait_acknowledged(deployment: &Deployment, n: u64, http: bool) {
     }
 }
 
-fn publish_mqtt(port: u16, topic: &str, lines: &[String]) {
-    let mut child = Command::new("mosquitto_pub")
+/// A `mosquitto_pub` publishing each line of its stdin to `topic` with QoS 1.
+fn mosquitto_pub(port: u16, topic: &str) -> std::process::Child {
+    Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-l"])
         .stdin(Stdio::piped())
         .spawn()
-        .expect("mosquitto_pub");
+        .expect("mosquitto_pub")
+}
+
+fn publish_mqtt(port: u16, topic: &str, lines: &[String]) {
+    let mut child = mosquitto_pub(port, topic);
     let mut stdin = std::io::BufWriter::new(child.stdin.take().unwrap());
     for line in lines {
         writeln!(stdin, "{line}").unwrap();
@@ -442,13 +447,24 @@ async fn mqtt_to(env: &Env, n: usize, into_kafka: bool) -> Row {
     match (&s3, &kafka) {
         (Some(s3), _) => row.visible_after = Some(wait_s3_visible(s3, "bench", n).await),
         (_, Some(kafka)) => {
+            // One publisher fed through a pipe: a process per tick would be slower than the rate
+            // and hold up the reader.
+            let mut publisher = mosquitto_pub(port, "bench/line-2");
+            let stdin = std::sync::Mutex::new(publisher.stdin.take().unwrap());
             let rate = row.rate / 2.0;
             row.latency = Some(
-                latency(&kafka.bootstrap(), "bench.out", rate, 5, |lines| async move {
-                    tokio::task::block_in_place(|| publish_mqtt(port, "bench/line-2", &lines));
+                latency(&kafka.bootstrap(), "bench.out", rate, 5, |lines| {
+                    let mut stdin = stdin.lock().unwrap();
+                    let mut chunk = lines.join("\n");
+                    chunk.push('\n');
+                    stdin.write_all(chunk.as_bytes()).unwrap();
+                    stdin.flush().unwrap();
+                    std::future::ready(())
                 })
                 .await,
             );
+            drop(stdin);
+            publisher.wait().unwrap();
         }
         _ => {}
     }
