@@ -10,15 +10,16 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER, TRANSFER_ENCODING,
+    WWW_AUTHENTICATE,
 };
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
-use sluice_provider_core::{Outcome, Secret};
+use sluice_provider_core::{Outcome, Secret, Slot};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
@@ -26,7 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{reserved, ServerConfig, TlsFiles};
+use crate::config::{reserved, RouteConfig, ServerConfig, TlsFiles};
 use crate::metrics::{render, RequestMetrics};
 use crate::path::{normalize, PathError};
 use crate::records::{request_id, to_records, RequestInfo};
@@ -378,6 +379,36 @@ fn authorized(req: &Request<Incoming>, token: &Secret) -> bool {
 }
 
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let body_sent = has_body(&req);
+    let mut response = route_and_serve(shared, req).await;
+    if body_sent && response.extensions().get::<BodyRead>().is_none() {
+        // An answer given without reading the whole body (refused before the body, or cut off):
+        // the server does not read the rest, so the client must not send another request on
+        // this connection. Without the header a pooling client reuses a connection the server
+        // is about to close, and its next request fails with "incomplete message".
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// Marks an answer given after the request's whole body was read: its connection may be reused.
+#[derive(Debug, Clone, Copy)]
+struct BodyRead;
+
+/// Whether a request carries a body (declared by length or chunked).
+fn has_body<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+}
+
+async fn route_and_serve(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let path = match normalize(req.uri().path()) {
         Ok(path) => path,
@@ -474,12 +505,27 @@ async fn serve(route: &Route, req: Request<Incoming>, path: &str, id: &str, star
             return response;
         }
     };
+    let mut response = answer(config, slot, &parts.headers, path, id, started, body).await;
+    response.extensions_mut().insert(BodyRead);
+    response
+}
+
+/// Answers a request whose whole `body` was read: records, delivery, outcome.
+async fn answer(
+    config: &RouteConfig,
+    slot: Slot,
+    headers: &HeaderMap,
+    path: &str,
+    id: &str,
+    started: Instant,
+    body: Bytes,
+) -> Response<Body> {
     let timestamp_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let info = RequestInfo {
         path,
-        headers: &parts.headers,
+        headers,
         id,
         timestamp_ms,
     };

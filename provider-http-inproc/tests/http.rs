@@ -576,6 +576,17 @@ async fn every_status_code_from_a_real_client() {
         .unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(wrong.headers()["www-authenticate"], "Bearer");
+    // Refused before its body was read: the connection is not reused (a pooling client that
+    // reused it would see the server close it under its next request).
+    assert_eq!(wrong.headers()["connection"], "close");
+    let unrouted = ingress
+        .http
+        .post(ingress.url("/nowhere"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unrouted.headers()["connection"], "close");
     let right = ingress
         .http
         .post(ingress.url("/secure"))
@@ -585,6 +596,10 @@ async fn every_status_code_from_a_real_client() {
         .await
         .unwrap();
     assert_eq!(right.status(), StatusCode::OK);
+    assert!(
+        right.headers().get("connection").is_none(),
+        "a read body keeps the connection"
+    );
     assert!(!secure.accepted().is_empty());
     let secure_before = secure.accepted().len();
     // The README's curl example. curl is required (`.ci/install` installs it): a missing curl
@@ -624,7 +639,7 @@ async fn every_status_code_from_a_real_client() {
         "component=\"slow\",link=\"default\",code=\"413\"} 2",
         "component=\"slow\",link=\"default\",code=\"408\"} 1",
         "component=\"secure\",link=\"default\",code=\"401\"} 2",
-        "sluice_http_requests_total{route=\"\",host=\"\",methods=\"\",component=\"\",link=\"\",code=\"404\"} 1",
+        "sluice_http_requests_total{route=\"\",host=\"\",methods=\"\",component=\"\",link=\"\",code=\"404\"} 2",
         "# TYPE sluice_http_request_duration_seconds histogram",
         "sluice_http_request_duration_seconds_count{route=\"/ok\",host=\"\",methods=\"POST,PUT\",component=\"ok\",link=\"default\"} 2",
         "sluice_http_requests_in_flight{route=\"/slow\",host=\"\",methods=\"POST,PUT\",component=\"slow\",link=\"default\"} 0",
