@@ -27,10 +27,12 @@ fn main() {
     }
     println!("cargo:rerun-if-changed={}", harness.join("out/Cargo.lock").display());
     println!("cargo:rerun-if-changed={}", harness.join("wit").display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        harness.parent().unwrap().join("wit").display()
-    );
+    for shared in ["wit", "wire/src", "wire/Cargo.toml"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            harness.parent().unwrap().join(shared).display()
+        );
+    }
     for var in ["SLUICE_WASM_CARGO", "SLUICE_WASM_RUSTC", "SLUICE_WASM_RUSTDOC"] {
         println!("cargo:rerun-if-env-changed={var}");
     }

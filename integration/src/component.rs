@@ -1,5 +1,7 @@
 //! Plays a pipeline step natively: serves `sluice:pipeline/ingest.deliver` over wRPC on NATS as a
-//! component would, with a behaviour the test chooses, and calls providers' `sink.write`.
+//! component would, with a behaviour the test chooses, and calls providers' `sink.write`. Records
+//! travel in the wire form ([`sluice_provider_core::wire`]); the behaviour and the recorded calls
+//! see them decoded, as the trusted `in` component hands them to the logic.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -7,6 +9,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use futures::StreamExt as _;
+use sluice_provider_core::wire::{decode_batch, to_wire, WireMessage};
 use sluice_provider_core::wrpc::nats;
 use sluice_provider_core::{Failure, Message, Rejected};
 use tokio::sync::Notify;
@@ -72,7 +75,9 @@ pub struct FakeComponent {
 struct Handler(Arc<State>);
 
 impl bindings::exports::sluice::pipeline::ingest::Handler<Option<HeaderMap>> for Handler {
-    async fn deliver(&self, cx: Option<HeaderMap>, batch: Vec<Message>) -> anyhow::Result<Result<(), Failure>> {
+    async fn deliver(&self, cx: Option<HeaderMap>, batch: Vec<WireMessage>) -> anyhow::Result<Result<(), Failure>> {
+        // Records not in the wire form are rejected by index, as the `in` component does.
+        let (batch, refusals) = decode_batch(batch);
         let state = &self.0;
         state.call_count.fetch_add(1, SeqCst);
         let now = state.in_flight.fetch_add(1, SeqCst) + 1;
@@ -125,7 +130,7 @@ impl bindings::exports::sluice::pipeline::ingest::Handler<Option<HeaderMap>> for
         };
         state.in_flight.fetch_sub(1, SeqCst);
         state.changed.notify_waiters();
-        Ok(result)
+        Ok(refusals.answer(result))
     }
 }
 
@@ -245,6 +250,16 @@ impl FakeComponent {
         provider: &str,
         link_name: &str,
         batch: &[Message],
+    ) -> anyhow::Result<Result<(), Failure>> {
+        self.write_wire(provider, link_name, &to_wire(batch)).await
+    }
+
+    /// Calls `sink.write` with records as they travel, e.g. one that is not in the wire form.
+    pub async fn write_wire(
+        &self,
+        provider: &str,
+        link_name: &str,
+        batch: &[WireMessage],
     ) -> anyhow::Result<Result<(), Failure>> {
         let wrpc = self.wrpc.with_prefix(format!("{}.{provider}", self.lattice));
         let mut headers = HeaderMap::new();

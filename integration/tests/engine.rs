@@ -125,6 +125,31 @@ async fn delivers_every_record_once_in_order_per_key_and_acks_them_all() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_payloads_reach_the_component_unchanged() {
+    let s = Setup::new().await;
+    let component = s.component("step-bin").await;
+    let key = LinkKey::new("step-bin", "default");
+    let stream = s.source.stream(&key);
+    // Every byte value, an ASCII record and an empty one, in one batch and over the wire form.
+    let all: Vec<u8> = (0..=255).collect();
+    let mut high = all.clone();
+    high.reverse();
+    let sent = vec![
+        Message::new(all, "test:bin@0"),
+        Message::new(&b"{\"json\":true}"[..], "test:bin@1"),
+        Message::new(Vec::new(), "test:bin@2"),
+        Message::new(high, "test:bin@3"),
+    ];
+    stream.push(sent.clone());
+    s.put_source(&key, &[("linger", "5ms")]).await.unwrap();
+    let within = Duration::from_secs(20);
+    assert!(component.wait_for(within, |c| c.accepted().len() == sent.len()).await);
+    assert_eq!(component.accepted(), sent);
+    assert!(stream.wait_for(within, |st| st.acked_count() == sent.len()).await);
+    assert!(stream.dead_letters().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_answers_and_deadlines_are_retried_with_backoff() {
     let s = Setup::new().await;
     let component = s.component("step-r").await;

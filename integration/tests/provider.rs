@@ -8,7 +8,8 @@ use std::time::Duration;
 use sluice_integration::component::{payloads, records, FakeComponent, Reply};
 use sluice_integration::host::{HostedProvider, Link};
 use sluice_integration::servers::NatsServer;
-use sluice_provider_core::Failure;
+use sluice_provider_core::wire::to_wire;
+use sluice_provider_core::{Failure, Message};
 
 const PROVIDER: &str = "sluice-test-provider";
 const BINARY: &str = env!("CARGO_BIN_EXE_sluice-test-provider");
@@ -136,6 +137,33 @@ async fn a_hosted_provider_feeds_sinks_and_refuses_bad_links_by_name() {
         .unwrap();
     assert_eq!(read(&out_a), "a-0\na-1\na-2\n");
     assert_eq!(read(&out_b), "b-0\nb-1\n");
+
+    // Payloads travel in the wire form: every byte value reaches the sink unchanged, and a record
+    // whose payload is not in the wire form is rejected by index while the rest is written.
+    let binary: Vec<u8> = (0..=255).collect();
+    let mut batch = to_wire(&[
+        Message::new(binary.clone(), "test:bin@0"),
+        Message::new(&b"after"[..], "test:bin@2"),
+    ]);
+    let mut bad = batch[0].clone();
+    bad.payload = "not \u{0100} latin-1".into();
+    batch.insert(1, bad);
+    match step_b.write_wire(PROVIDER, "default", &batch).await.unwrap() {
+        Err(Failure::Reject(rejected)) => {
+            assert_eq!(rejected.len(), 1, "{rejected:?}");
+            assert_eq!(rejected[0].index, 1);
+            assert!(
+                rejected[0].reason.starts_with("payload is not in the wire form"),
+                "{}",
+                rejected[0].reason
+            );
+        }
+        other => panic!("a record not in the wire form got {other:?}"),
+    }
+    let mut want = b"b-0\nb-1\n".to_vec();
+    want.extend_from_slice(&binary);
+    want.extend_from_slice(b"\nafter\n");
+    assert_eq!(std::fs::read(&out_b).unwrap(), want);
     match step_c.write(PROVIDER, "default", &records("c", 1)).await.unwrap() {
         Err(Failure::Retry(reason)) => assert!(reason.contains("step-c"), "{reason}"),
         other => panic!("a component without a link got {other:?}"),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use sluice_integration::component::{FakeComponent, Reply};
 use sluice_integration::servers::NatsServer;
 use sluice_provider_core::bindings::sluice::pipeline::ingest;
+use sluice_provider_core::wire::to_wire;
 use sluice_provider_core::wrpc::nats;
 use sluice_provider_core::{Failure, Message};
 
@@ -34,7 +35,7 @@ async fn concurrent_calls_on_one_client_are_all_answered() {
         tasks.spawn(async move {
             let mut unanswered = 0;
             for c in 0..CALLS {
-                let batch = [Message::new(vec![b'x'; 512], format!("test:{t}@{c}"))];
+                let batch = to_wire(&[Message::new(vec![b'x'; 512], format!("test:{t}@{c}"))]);
                 let call = ingest::deliver(&*client, None, &batch);
                 match tokio::time::timeout(Duration::from_secs(10), call).await {
                     Ok(answer) => assert_eq!(answer.expect("transport"), Ok(())),
@@ -67,7 +68,7 @@ async fn parameters_and_results_larger_than_one_message_arrive_whole() {
     let batch: Vec<Message> = (0..3u8)
         .map(|i| Message::new(vec![i; max_payload * 3 / 2], format!("test:big@{i}")))
         .collect();
-    assert_eq!(ingest::deliver(&client, None, &batch).await.unwrap(), Ok(()));
+    assert_eq!(ingest::deliver(&client, None, &to_wire(&batch)).await.unwrap(), Ok(()));
     assert_eq!(component.accepted(), batch);
 
     // A rejection reason of 2 max_payload: the results span several messages.
@@ -76,7 +77,7 @@ async fn parameters_and_results_larger_than_one_message_arrive_whole() {
         let reason = reason.clone();
         move |_| Reply::Reject(vec![(1, reason.clone())])
     });
-    match ingest::deliver(&client, None, &batch).await.unwrap() {
+    match ingest::deliver(&client, None, &to_wire(&batch)).await.unwrap() {
         Err(Failure::Reject(rejected)) => {
             assert_eq!(rejected.len(), 1);
             assert_eq!(rejected[0].index, 1);
@@ -94,7 +95,7 @@ async fn a_call_nobody_serves_fails_at_once() {
         .await
         .unwrap();
     let batch = [Message::new(b"x".to_vec(), "test:x@0")];
-    let answer = tokio::time::timeout(Duration::from_secs(5), ingest::deliver(&client, None, &batch))
+    let answer = tokio::time::timeout(Duration::from_secs(5), ingest::deliver(&client, None, &to_wire(&batch)))
         .await
         .expect("answered before the deadline");
     let err = answer.expect_err("no responders is an error");
@@ -130,7 +131,7 @@ async fn a_server_repeats_its_handshake_until_the_caller_is_heard() {
         .unwrap();
     let call = tokio::spawn({
         let batch = batch.clone();
-        async move { ingest::deliver(&caller, None, &batch).await }
+        async move { ingest::deliver(&caller, None, &to_wire(&batch)).await }
     });
     let params = capture.next().await.expect("the invocation is published").payload;
     call.abort();

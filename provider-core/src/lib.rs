@@ -22,10 +22,12 @@ pub mod source;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod wasmcloud;
+pub mod wire;
 pub mod wrpc;
 
 /// Bindings for the `sluice:pipeline` WIT (`wit/` at the repository root), world `provider`:
-/// calls `ingest.deliver` on components, serves `sink.write`.
+/// calls `ingest.deliver` on components, serves `sink.write`. Both carry
+/// [`WireMessage`](wire::WireMessage)s; [`wire`] converts at that boundary.
 pub mod bindings {
     wit_bindgen_wrpc::generate!({
         path: "../wit",

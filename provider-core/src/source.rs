@@ -243,11 +243,12 @@ fn lane_free(busy_lanes: &HashSet<u64>, lane: &Option<u64>) -> bool {
     lane.is_none_or(|l| !busy_lanes.contains(&l))
 }
 
-/// About what a record takes in a `deliver` call: its bytes and a little for each length prefix.
+/// About what a record takes in a `deliver` call: its bytes (the payload in the wire form, where
+/// each byte from `0x80` takes two) and a little for each length prefix.
 fn encoded_len(message: &Message) -> u64 {
     let headers: usize = message.headers.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
     let key = message.key.as_ref().map_or(0, |k| k.len());
-    (message.payload.len() + key + headers + message.origin.len() + 24) as u64
+    (message.wire_payload_len() + key + headers + message.origin.len() + 24) as u64
 }
 
 /// The one acknowledgement call of a link in flight, and how many records it covers.
@@ -863,4 +864,17 @@ async fn check_and_open<S: SourceConnector>(
 ) -> Result<S::Reader, ConnectorError> {
     SourceConnector::check(connector, link, config).await?;
     connector.open(link, config.clone()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_counts_its_payload_in_the_wire_form() {
+        let ascii = Message::new(vec![b'x'; 100], "o");
+        let high = Message::new(vec![0xff; 100], "o");
+        assert_eq!(encoded_len(&ascii), 100 + 1 + 24);
+        assert_eq!(encoded_len(&high), 200 + 1 + 24);
+    }
 }

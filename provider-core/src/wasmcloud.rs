@@ -19,8 +19,9 @@ use crate::engine::Engine;
 use crate::link::{LinkKey, LinkSpec};
 use crate::sink::SinkConnector;
 use crate::source::SourceSide;
+use crate::wire::{decode_batch, WireMessage};
 use crate::wrpc::{nats, WrpcIngest};
-use crate::{Failure, Message};
+use crate::Failure;
 
 /// The NATS subject on which a running provider answers with its [`crate::Status`] as JSON:
 /// live links with counters, refused links with their errors.
@@ -366,7 +367,7 @@ impl<S: SourceSide, K: SinkConnector>
     async fn write(
         &self,
         headers: Option<async_nats::HeaderMap>,
-        batch: Vec<Message>,
+        batch: Vec<WireMessage>,
     ) -> anyhow::Result<Result<(), Failure>> {
         // The SDK's reading of the headers: the caller (`source-id`), the link name, trace context.
         let cx = headers.as_ref().map(invocation_context);
@@ -380,6 +381,13 @@ impl<S: SourceSide, K: SinkConnector>
             )));
         };
         let link_name = cx.as_ref().map_or("default", |cx| cx.link_name());
-        Ok(self.engine.write(component, link_name, batch).await)
+        // A record whose payload is not in the wire form is rejected by index; the rest is written.
+        let (messages, refusals) = decode_batch(batch);
+        let outcome = if messages.is_empty() && !refusals.is_empty() {
+            Ok(())
+        } else {
+            self.engine.write(component, link_name, messages).await
+        };
+        Ok(refusals.answer(outcome))
     }
 }

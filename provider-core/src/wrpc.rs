@@ -9,7 +9,8 @@ use crate::source::Ingest;
 use crate::{Failure, Message};
 
 /// Delivers batches with `sluice:pipeline/ingest.deliver` over a wRPC client (NATS in wasmCloud;
-/// TCP or QUIC elsewhere). The client decides the target and the headers it sends.
+/// TCP or QUIC elsewhere), in the wire form ([`crate::wire`]). The client decides the target and
+/// the headers it sends.
 #[derive(Debug, Clone)]
 pub struct WrpcIngest<C> {
     client: C,
@@ -40,7 +41,8 @@ where
     C::Context: Default,
 {
     async fn deliver(&self, batch: &[Message]) -> Result<Result<(), Failure>, anyhow::Error> {
-        crate::bindings::sluice::pipeline::ingest::deliver(&self.client, C::Context::default(), batch).await
+        let batch = crate::wire::to_wire(batch);
+        crate::bindings::sluice::pipeline::ingest::deliver(&self.client, C::Context::default(), &batch).await
     }
 
     fn max_batch_bytes(&self) -> Option<u64> {

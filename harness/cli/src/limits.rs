@@ -25,7 +25,7 @@ pub const LIMITS_INTERFACE: &str = "sluice:harness/limits@0.1.0";
 pub struct Limits {
     /// Records per write.
     pub max_records: u32,
-    /// Bytes per write (payload, key, header names and values, origin).
+    /// Bytes per write (payload in the wire form, key, header names and values, origin).
     pub max_bytes: u64,
 }
 

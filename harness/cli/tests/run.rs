@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::fixtures::{self, Lang};
-use common::host::{message, Bounds, Failure, Message, Rejected, StepHost};
+use common::host::{message, to_wire, Bounds, Failure, Message, Rejected, StepHost};
 use serde_json::{json, Value};
 use sluice_cli::compose::{compose, ComposeOptions, DenyMode};
 use sluice_cli::limits::Limits;
@@ -121,6 +121,60 @@ fn rejected_records_are_reported_and_the_rest_written() {
     );
     let payloads: Vec<Vec<u8>> = step.records().into_iter().map(|m| m.payload).collect();
     assert_eq!(payloads, vec![b"a".to_vec(), b"b".to_vec()]);
+}
+
+#[test]
+fn binary_payloads_cross_the_step_unchanged() {
+    let host = host(&fixtures::behave());
+    let mut step = host.instantiate().unwrap();
+    let all: Vec<u8> = (0..=255).collect();
+    let reversed: Vec<u8> = all.iter().rev().copied().collect();
+    let mut keyed = message(&[0x80, 0xff, b'x'], "o/2");
+    keyed.key = Some(vec![0, 0xfe]);
+    keyed.headers = vec![("h".to_string(), vec![0xc3, 0x28])];
+    let batch = [
+        message(&all, "o/0"),
+        message(&reversed, "o/1"),
+        keyed,
+        message(b"", "o/3"),
+        message(br#"{"ascii":true}"#, "o/4"),
+    ];
+    assert_eq!(step.deliver(&batch).unwrap(), Ok(()));
+    assert_eq!(step.records(), batch);
+}
+
+#[test]
+fn a_record_not_in_the_wire_form_is_rejected_by_index_and_the_rest_goes_on() {
+    let host = host(&fixtures::behave());
+    let mut step = host.instantiate().unwrap();
+    let mut batch: Vec<_> = [
+        message(b"a", "o/0"),
+        message(b"bad", "o/1"),
+        message(b"reject", "o/2"),
+        message(&[0xe9], "o/3"),
+    ]
+    .iter()
+    .map(to_wire)
+    .collect();
+    batch[1].payload = "\u{20AC} is not one byte".into();
+    let Err(Failure::Reject(rejected)) = step.deliver_wire(&batch).unwrap() else {
+        panic!("expected a reject");
+    };
+    assert_eq!(rejected.iter().map(|r| r.index).collect::<Vec<_>>(), [1, 2]);
+    assert!(
+        rejected[0].reason.starts_with("payload is not in the wire form"),
+        "{rejected:?}"
+    );
+    assert_eq!(rejected[1].reason, "asked to reject");
+    let payloads: Vec<Vec<u8>> = step.records().into_iter().map(|m| m.payload).collect();
+    assert_eq!(payloads, vec![b"a".to_vec(), vec![0xe9]]);
+
+    // A batch of nothing but such records never reaches the logic or the sink.
+    let Err(Failure::Reject(rejected)) = step.deliver_wire(&batch[1..2]).unwrap() else {
+        panic!("expected a reject");
+    };
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(step.written().len(), 1);
 }
 
 #[test]
@@ -254,6 +308,18 @@ fn the_output_limit_stops_a_flooding_transform_before_the_sink() {
         "{rejected:?}"
     );
     assert_eq!(step.records().len(), 100, "nothing more reached the sink");
+
+    // Bytes are counted in the wire form: 3,000 bytes from 0x80 travel as 6,000.
+    let high = message(&[0xff; 3000], "o/4");
+    let Err(Failure::Reject(rejected)) = step.deliver(&[high]).unwrap() else {
+        panic!("expected a reject");
+    };
+    assert!(
+        rejected[0].reason.contains("6003 bytes in one write, at most 4096"),
+        "{rejected:?}"
+    );
+    assert!(step.deliver(&[message(&[b'x'; 3000], "o/5")]).unwrap().is_ok());
+    assert_eq!(step.records().len(), 101);
 }
 
 #[test]

@@ -5,6 +5,12 @@
 //! `out` component, which enforces the step's output limits before the real sink), maps every
 //! failure onto the indices of the batch it was given, and logs one line per batch.
 //!
+//! `ingest` and `sink` carry `wire-message`s (payload bytes as a Latin-1 string, which a wasmCloud
+//! 1.x host copies in one piece); the logic sees `message`s. This component converts both ways
+//! with `sluice-wire`, the one implementation of that mapping. A delivered record whose payload is
+//! not in the wire form (a char above U+00FF) is rejected by its index and never reaches the logic;
+//! the rest of the batch goes on.
+//!
 //! Failure mapping:
 //! - the logic answers `retry`: the batch is offered again (`retry`), nothing was written;
 //! - the logic answers `reject(list)`: the logic is asked again with the records it did not reject
@@ -34,7 +40,7 @@ mod bindings {
 }
 
 use bindings::exports::sluice::pipeline::ingest::Guest;
-use bindings::sluice::pipeline::types::{Failure, Message, Rejected};
+use bindings::sluice::pipeline::types::{Failure, Message, Rejected, WireMessage};
 use bindings::sluice::pipeline::{sink, transform};
 use bindings::wasi::clocks::monotonic_clock;
 use bindings::wasi::logging::logging::{log, Level};
@@ -46,7 +52,7 @@ const LOG_CONTEXT: &str = "sluice-step";
 struct In;
 
 impl Guest for In {
-    fn deliver(batch: Vec<Message>) -> Result<(), Failure> {
+    fn deliver(batch: Vec<WireMessage>) -> Result<(), Failure> {
         let started = monotonic_clock::now();
         let records_in = batch.len();
         let (outcome, records_out) = deliver(batch);
@@ -73,13 +79,20 @@ impl Guest for In {
 }
 
 /// Runs one batch through the logic and the sink; also returns how many records were written.
-fn deliver(batch: Vec<Message>) -> (Result<(), Failure>, usize) {
-    let (output, rejected) = match transform_with_rejects(&batch) {
+fn deliver(batch: Vec<WireMessage>) -> (Result<(), Failure>, usize) {
+    let received = batch.len();
+    let Decoded {
+        messages,
+        positions,
+        refused,
+    } = decode(batch);
+    let (output, rejected) = match transform_with_rejects(received, messages, positions, refused) {
         Ok(done) => done,
         Err(failure) => return (Err(failure), 0),
     };
     let written = output.len();
     if !output.is_empty() {
+        let output: Vec<WireMessage> = output.into_iter().map(to_wire).collect();
         match sink::write(&output) {
             Ok(()) => {}
             Err(Failure::Retry(reason)) => return (Err(Failure::Retry(reason)), 0),
@@ -90,7 +103,7 @@ fn deliver(batch: Vec<Message>) -> (Result<(), Failure>, usize) {
                     written,
                     list.first().map(|r| r.reason.as_str()).unwrap_or("no reason given")
                 );
-                return (Err(reject_all(batch.len(), &reason)), 0);
+                return (Err(reject_all(received, &reason)), 0);
             }
         }
     }
@@ -101,15 +114,71 @@ fn deliver(batch: Vec<Message>) -> (Result<(), Failure>, usize) {
     }
 }
 
-/// Asks the logic for the output of `batch`; when it rejects records, asks again without them.
+/// A delivered batch in the logic's terms.
+struct Decoded {
+    /// The records whose payload is in the wire form, in delivery order.
+    messages: Vec<Message>,
+    /// The index in the delivered batch of each of `messages`.
+    positions: Vec<u32>,
+    /// The records whose payload is not in the wire form.
+    refused: Vec<Rejected>,
+}
+
+/// Turns the delivered records into `message`s; one whose payload is not in the wire form is
+/// refused with the reason.
+fn decode(batch: Vec<WireMessage>) -> Decoded {
+    let mut decoded = Decoded {
+        messages: Vec::with_capacity(batch.len()),
+        positions: Vec::with_capacity(batch.len()),
+        refused: Vec::new(),
+    };
+    for (index, wire) in (0u32..).zip(batch) {
+        match sluice_wire::decode_string(wire.payload) {
+            Ok(payload) => {
+                decoded.messages.push(Message {
+                    key: wire.key,
+                    payload,
+                    headers: wire.headers,
+                    timestamp_ms: wire.timestamp_ms,
+                    origin: wire.origin,
+                });
+                decoded.positions.push(index);
+            }
+            Err(err) => decoded.refused.push(Rejected {
+                index,
+                reason: err.to_string(),
+            }),
+        }
+    }
+    decoded
+}
+
+/// A record of the logic's output as it travels to the sink.
+fn to_wire(message: Message) -> WireMessage {
+    WireMessage {
+        key: message.key,
+        payload: sluice_wire::encode_vec(message.payload),
+        headers: message.headers,
+        timestamp_ms: message.timestamp_ms,
+        origin: message.origin,
+    }
+}
+
+/// Asks the logic for the output of `offered`; when it rejects records, asks again without them.
 ///
-/// Returns the output of the records the logic accepted and the rejected records with indices
-/// into `batch`.
-fn transform_with_rejects(batch: &[Message]) -> Result<(Vec<Message>, Vec<Rejected>), Failure> {
-    // `remaining[i]` is the index in `batch` of the i-th record offered in this round.
-    let mut remaining: Vec<u32> = (0..batch.len() as u32).collect();
-    let mut rejected: Vec<Rejected> = Vec::new();
-    let mut offered: Vec<Message> = batch.to_vec();
+/// `received` is the size of the delivered batch, `remaining[i]` the index in it of `offered[i]`,
+/// and `rejected` what was refused before the logic was asked. Returns the output of the records
+/// the logic accepted and every rejected record, with indices into the delivered batch.
+fn transform_with_rejects(
+    received: usize,
+    mut offered: Vec<Message>,
+    mut remaining: Vec<u32>,
+    mut rejected: Vec<Rejected>,
+) -> Result<(Vec<Message>, Vec<Rejected>), Failure> {
+    // The logic sees every delivered batch, even an empty one, unless all of it was refused.
+    if offered.is_empty() && !rejected.is_empty() {
+        return Ok((Vec::new(), rejected));
+    }
     loop {
         match transform::process(&offered) {
             Ok(output) => {
@@ -124,7 +193,7 @@ fn transform_with_rejects(batch: &[Message]) -> Result<(Vec<Message>, Vec<Reject
                         Some(slot) if !*slot => *slot = true,
                         _ => {
                             return Err(reject_all(
-                                batch.len(),
+                                received,
                                 &format!(
                                     "the logic rejected record {} of a batch of {} (or twice)",
                                     r.index,
@@ -136,7 +205,7 @@ fn transform_with_rejects(batch: &[Message]) -> Result<(Vec<Message>, Vec<Reject
                 }
                 if list.is_empty() {
                     return Err(reject_all(
-                        batch.len(),
+                        received,
                         "the logic answered `reject` without naming a record",
                     ));
                 }

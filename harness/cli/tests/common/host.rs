@@ -1,5 +1,7 @@
 //! A wasmtime host for composed steps: what a wasmCloud host does for a step, reduced to what the
-//! tests need. It provides `sluice:pipeline/sink` and `wasi:logging` natively, `wasi:clocks`,
+//! tests need. Records cross it in the wire form (`wire-message`, converted with `sluice-wire`, as
+//! a provider does): tests deliver and read back `message`s. It provides `sluice:pipeline/sink`
+//! and `wasi:logging` natively, `wasi:clocks`,
 //! `wasi:random`, `wasi:io/poll` and `wasi:cli/environment` (an empty environment, which the Python
 //! runtime reads) from `wasmtime-wasi`, and nothing else, so a step importing anything more fails
 //! to instantiate. Execution is bounded like a wasmCloud host bounds it: an
@@ -26,7 +28,7 @@ wasmtime::component::bindgen!({
 
 use self::wasi::logging::logging::Level;
 #[allow(unused_imports)]
-pub use sluice::pipeline::types::{Failure, Message, Rejected};
+pub use sluice::pipeline::types::{Failure, Message, Rejected, WireMessage};
 
 /// How often the epoch advances: the granularity of the execution deadline.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -58,7 +60,7 @@ pub struct State {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
-    /// Every batch the step wrote to the sink.
+    /// Every batch the step wrote to the sink, decoded from the wire form.
     pub written: Vec<Vec<Message>>,
     /// Every log line: `level context: message`.
     pub logs: Vec<String>,
@@ -78,13 +80,52 @@ impl WasiView for State {
 impl sluice::pipeline::types::Host for State {}
 
 impl sluice::pipeline::sink::Host for State {
-    fn write(&mut self, batch: Vec<Message>) -> Result<(), Failure> {
+    /// Keeps the batch; like a provider, it rejects a record not in the wire form by index and
+    /// keeps the rest.
+    fn write(&mut self, batch: Vec<WireMessage>) -> Result<(), Failure> {
         if let Some(failure) = self.sink_failure.clone() {
             return Err(failure);
         }
-        self.written.push(batch);
-        Ok(())
+        let mut kept = Vec::with_capacity(batch.len());
+        let mut refused = Vec::new();
+        for (index, wire) in (0u32..).zip(batch) {
+            match from_wire(wire) {
+                Ok(message) => kept.push(message),
+                Err(err) => refused.push(Rejected {
+                    index,
+                    reason: err.to_string(),
+                }),
+            }
+        }
+        self.written.push(kept);
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(Failure::Reject(refused))
+        }
     }
+}
+
+/// A record as it travels to the step.
+pub fn to_wire(message: &Message) -> WireMessage {
+    WireMessage {
+        key: message.key.clone(),
+        payload: sluice_wire::encode(&message.payload),
+        headers: message.headers.clone(),
+        timestamp_ms: message.timestamp_ms,
+        origin: message.origin.clone(),
+    }
+}
+
+/// The record a step wrote.
+pub fn from_wire(wire: WireMessage) -> Result<Message, sluice_wire::NotWireForm> {
+    Ok(Message {
+        key: wire.key,
+        payload: sluice_wire::decode_string(wire.payload)?,
+        headers: wire.headers,
+        timestamp_ms: wire.timestamp_ms,
+        origin: wire.origin,
+    })
 }
 
 impl self::wasi::logging::logging::Host for State {
@@ -207,8 +248,15 @@ impl Step {
         Ok(())
     }
 
-    /// Calls `ingest.deliver`; the outer error is a trap (the instance is unusable afterwards).
+    /// Calls `ingest.deliver` with `batch` in the wire form; the outer error is a trap (the
+    /// instance is unusable afterwards).
     pub fn deliver(&mut self, batch: &[Message]) -> wasmtime::Result<Result<(), Failure>> {
+        let batch: Vec<WireMessage> = batch.iter().map(to_wire).collect();
+        self.deliver_wire(&batch)
+    }
+
+    /// Calls `ingest.deliver` with records as they travel (e.g. one not in the wire form).
+    pub fn deliver_wire(&mut self, batch: &[WireMessage]) -> wasmtime::Result<Result<(), Failure>> {
         self.arm()?;
         let bindings = self.bindings.as_ref().expect("instantiated");
         bindings.sluice_pipeline_ingest().call_deliver(&mut self.store, batch)

@@ -31,7 +31,7 @@ pub struct Args {
     /// The most records one write of this step may carry (enforced by the trusted out component).
     #[arg(long, default_value_t = Limits::default().max_records)]
     max_records: u32,
-    /// The most bytes (payload, key, headers, origin) one write of this step may carry.
+    /// The most bytes (payload in the wire form, key, headers, origin) one write of this step may carry.
     #[arg(long, default_value_t = Limits::default().max_bytes)]
     max_bytes: u64,
 }
