@@ -268,6 +268,21 @@ impl HostedProvider {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Waits up to `within` for `needle` to appear in the provider's log (it writes its log
+    /// asynchronously: a line may land after the answer that reported the same event).
+    pub async fn wait_for_log(&self, needle: &str, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A directory the test may use for this provider's files.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -87,7 +87,10 @@ async fn a_hosted_provider_feeds_sinks_and_refuses_bad_links_by_name() {
         health["message"].as_str().unwrap_or_default().contains("max_in_flight"),
         "{health}"
     );
-    assert!(provider.logs().contains("max_in_flight"), "the refusal is logged");
+    assert!(
+        provider.wait_for_log("max_in_flight", Duration::from_secs(10)).await,
+        "the refusal is logged"
+    );
 
     // Sinks: each component reaches only its own link's config; secrets arrive, sealed, and are
     // never logged; a secret passed as plain config is refused.
@@ -172,11 +175,13 @@ async fn a_hosted_provider_feeds_sinks_and_refuses_bad_links_by_name() {
     let status = provider.status().await.unwrap();
     let refused_d = status.refusal("step-d").expect("step-d refused");
     assert!(refused_d.contains("`token` is a secret"), "{refused_d}");
-    assert!(!provider.logs().contains(secret), "a secret reached the log");
     assert!(
-        provider.logs().contains("Secret(<redacted>)"),
+        provider
+            .wait_for_log("Secret(<redacted>)", Duration::from_secs(10))
+            .await,
         "the config was logged, redacted"
     );
+    assert!(!provider.logs().contains(secret), "a secret reached the log");
 
     // The good source link kept running through all of that.
     write_lines(&input, 100..150, true);
