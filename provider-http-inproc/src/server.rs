@@ -399,13 +399,15 @@ struct BodyRead;
 
 /// Whether a request carries a body (declared by length or chunked).
 fn has_body<B>(req: &Request<B>) -> bool {
-    req.headers().contains_key(TRANSFER_ENCODING)
-        || req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|n| n > 0)
+    req.headers().contains_key(TRANSFER_ENCODING) || declared_length(req.headers()).is_some_and(|n| n > 0)
+}
+
+/// The body length a request declares (`Content-Length`), if it declares one that parses.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 async fn route_and_serve(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
@@ -467,12 +469,7 @@ async fn serve(route: &Route, req: Request<Incoming>, path: &str, id: &str, star
             return response;
         }
     }
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > config.max_body) {
+    if declared_length(req.headers()).is_some_and(|n| n > config.max_body) {
         return too_large(config.max_body);
     }
     let Some(slot) = route.delivery.try_reserve() else {
