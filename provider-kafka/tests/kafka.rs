@@ -15,7 +15,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sluice_integration::component::{payloads, FakeComponent, Reply};
 use sluice_integration::host::{HostedProvider, Link};
 use sluice_integration::servers::{KafkaBroker, NatsServer};
-use sluice_provider_core::Message;
+use sluice_provider_core::{Message, RunnerSettings};
 
 const PROVIDER: &str = "sluice-provider-kafka";
 const BINARY: &str = env!("CARGO_BIN_EXE_sluice-provider-kafka");
@@ -322,10 +322,10 @@ async fn kill_9_while_records_stream_loses_nothing() {
     producing.await.unwrap();
     let duplicates = step.accepted_count() - total;
     // Redelivered: what was read but not committed at the kill, at most the unacknowledged window
-    // of max_in_flight 4 x max_batch_records 64 = 256 records (records under a commit in flight
-    // count against it).
+    // (records under a commit in flight count against it).
     eprintln!("kafka kill -9 after {at_kill} of {total} records: 0 lost, {duplicates} redelivered");
-    assert!(duplicates <= 256, "{duplicates} duplicates");
+    let window = RunnerSettings::default().max_unacknowledged();
+    assert!(duplicates <= window, "{duplicates} duplicates, window {window}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -620,8 +620,9 @@ async fn a_second_instance_in_the_group_rebalances_without_loss() {
     eprintln!("rebalance: second instance delivered {b_delivered}; {redelivered} redelivered in all");
     assert!(b_delivered > 0, "the second instance got partitions");
     // Read twice only if it was still in flight at a revoke: at most each instance's
-    // unacknowledged window (4 x 64 records) at each of the two rebalances, join and leave.
-    assert!(redelivered <= 2 * 2 * 256, "{redelivered} records read twice");
+    // unacknowledged window at each of the two rebalances, join and leave.
+    let window = RunnerSettings::default().max_unacknowledged();
+    assert!(redelivered <= 2 * 2 * window, "{redelivered} records read twice");
     assert!(
         s.provider
             .logs()

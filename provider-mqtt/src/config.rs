@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sluice_provider_core::{ConfigError, ConfigReader, LinkKey, Secret};
+use sluice_provider_core::{ConfigError, ConfigReader, LinkKey, RunnerSettings, Secret};
 
 use crate::topic_template::TopicTemplate;
 
@@ -177,7 +177,9 @@ pub struct SourceConfig {
     pub dead_letter_topic: Option<String>,
     /// v5 session expiry (`session_expiry`): how long the broker keeps unacknowledged messages.
     pub session_expiry: Duration,
-    /// Most unacknowledged messages the broker may send at once (`receive_maximum`, v5).
+    /// Most unacknowledged messages the broker may send at once (`receive_maximum`, v5). By
+    /// default the link's unacknowledged bound ([`RunnerSettings::max_unacknowledged`]), so the
+    /// broker never holds back what the pipeline would take.
     pub receive_maximum: u16,
     /// QoS 0 messages buffered ahead of the pipeline before new ones are dropped (`max_buffered`).
     pub max_buffered: usize,
@@ -198,7 +200,8 @@ impl SourceConfig {
         if let Some(bad) = topics.iter().find(|t| !valid_filter(t)) {
             return Err(ConfigError::invalid("topics", format!("invalid topic filter `{bad}`")));
         }
-        let receive_maximum = config.positive_or("receive_maximum", 100)?;
+        let unacknowledged = RunnerSettings::from_config(config)?.max_unacknowledged();
+        let receive_maximum = config.positive_or("receive_maximum", unacknowledged.min(usize::from(u16::MAX)))?;
         Ok(Self {
             connection,
             topics,
@@ -285,6 +288,20 @@ mod tests {
         let tls = parse_source(&[("url", "mqtts://broker"), ("topics", "x"), ("protocol", "3.1.1")]).unwrap();
         assert_eq!(tls.connection.port, 8883);
         assert_eq!(tls.connection.protocol, Protocol::V311);
+    }
+
+    #[test]
+    fn the_receive_maximum_follows_the_links_unacknowledged_bound() {
+        let base = [("url", "mqtt://127.0.0.1"), ("topics", "t")];
+        let default = parse_source(&base).unwrap();
+        let window = RunnerSettings::default().max_unacknowledged();
+        assert_eq!(usize::from(default.receive_maximum), window);
+        let small = parse_source(&[base[0], base[1], ("max_in_flight", "2"), ("max_batch_records", "10")]).unwrap();
+        assert_eq!(small.receive_maximum, 20);
+        let huge = parse_source(&[base[0], base[1], ("max_in_flight", "64"), ("max_batch_records", "4096")]).unwrap();
+        assert_eq!(huge.receive_maximum, u16::MAX);
+        let set = parse_source(&[base[0], base[1], ("receive_maximum", "100")]).unwrap();
+        assert_eq!(set.receive_maximum, 100);
     }
 
     #[test]

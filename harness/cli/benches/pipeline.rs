@@ -6,18 +6,24 @@
 //! | pipeline | through the pipeline | raw path |
 //! | --- | --- | --- |
 //! | MQTT -> S3 | `mosquitto_pub` -> source acknowledged every reading | `mosquitto_pub` -> `mosquitto_sub` (QoS 1) |
-//! | MQTT -> Kafka | the same | the same |
-//! | Kafka -> S3 | a backlog in a 6-partition topic -> every offset committed | a consumer reading the backlog |
-//! | HTTP -> Kafka | NDJSON POSTs (16 at a time) -> every request answered 200 | the records produced to the topic by rdkafka |
+//! | MQTT -> Kafka | the same | the slower of that and the Kafka raw path below |
+//! | Kafka -> S3 | rdkafka producing to a 6-partition topic -> every offset committed | rdkafka -> a consumer of every partition, reading as they arrive |
+//! | HTTP -> Kafka | NDJSON POSTs (16 at a time) -> every request answered 200 | rdkafka -> a consumer, as for Kafka -> S3 (the HTTP server is Sluice's own) |
 //!
 //! For each: records/s, the providers' CPU time per record and peak RSS, the host process's (host,
 //! wadm and this client) CPU and RSS; into Kafka, the end-to-end latency p50/p99 (send -> read
-//! from the output topic) at half the measured rate; into S3, how long after the last reading was
+//! from the output topic) at half the measured rate, next to the same reader's latency for readings
+//! rdkafka produces straight to a topic at that rate; into S3, how long after the last reading was
 //! acknowledged until every reading is readable in objects.
 //!
 //! `cargo bench -p sluice-cli --bench pipeline` (builds the release providers first, as `cargo
 //! xtask par` does). `PIPELINE_BENCH_RECORDS` (default 20000) readings per pipeline;
-//! `PIPELINE_BENCH_CASES` a comma-separated subset of `mqtt-s3,mqtt-kafka,kafka-s3,http-kafka`.
+//! `PIPELINE_BENCH_CASES` a comma-separated subset of `mqtt-s3,mqtt-kafka,kafka-s3,http-kafka`;
+//! `PIPELINE_BENCH_SOURCE_CONFIG` extra source config for every case (`key=value,key=value`), to
+//! try settings other than the defaults.
+//!
+//! Every rate counts from the first reading sent to the last one acknowledged (raw: received),
+//! after the pipeline has moved one warm-up reading, so deploying is not part of it.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -53,6 +59,16 @@ fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// `PIPELINE_BENCH_SOURCE_CONFIG` as lines of a spec's `config:` map.
+fn source_config_overrides() -> String {
+    let extra = std::env::var("PIPELINE_BENCH_SOURCE_CONFIG").unwrap_or_default();
+    extra
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(key, value)| format!("    {}: \"{}\"\n", key.trim(), value.trim()))
+        .collect()
+}
+
 /// A 1 KiB JSON reading the example logic keeps, for device `device`.
 fn reading(device: &str) -> String {
     let mut line = format!(r#"{{"device":"{device}","temp":21.5,"site":"plant-1","pad":""#);
@@ -65,6 +81,28 @@ fn readings(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| reading(&format!("{prefix}{i}"))).collect()
 }
 
+/// The latency of readings produced straight to a topic by rdkafka and read back by the same
+/// reader as the pipeline's, at `rate`: what the pipeline's latency is compared with.
+async fn raw_latency(bootstrap: &str, rate: f64) -> (Duration, Duration) {
+    create_topic(bootstrap, "bench.lat", 1).await;
+    let producer = producer(bootstrap);
+    latency(bootstrap, "bench.lat", rate, 5, |lines| {
+        let producer = producer.clone();
+        async move {
+            let sends = lines.iter().map(|line| {
+                producer.send(
+                    FutureRecord::<(), _>::to("bench.lat").payload(line),
+                    Duration::from_secs(60),
+                )
+            });
+            for sent in futures::future::join_all(sends).await {
+                sent.map_err(|(e, _)| e).unwrap();
+            }
+        }
+    })
+    .await
+}
+
 /// One pipeline's figures.
 #[derive(Debug, Default)]
 struct Row {
@@ -73,6 +111,8 @@ struct Row {
     rate: f64,
     raw_rate: f64,
     latency: Option<(Duration, Duration)>,
+    /// The same reader's latency for readings produced straight to a topic: the floor.
+    raw_latency: Option<(Duration, Duration)>,
     visible_after: Option<Duration>,
     /// Per provider: CPU ms per 1,000 records, peak RSS in MiB.
     providers: Vec<(String, f64, f64)>,
@@ -219,10 +259,9 @@ fn producer(bootstrap: &str) -> FutureProducer {
         .unwrap()
 }
 
-/// Produces `lines` to `topic`, keyed by index, all in flight at once; returns records/s.
-async fn produce(bootstrap: &str, topic: &str, lines: &[String]) -> f64 {
+/// Produces `lines` to `topic`, keyed by index, all in flight at once.
+async fn produce(bootstrap: &str, topic: &str, lines: &[String]) {
     let producer = producer(bootstrap);
-    let start = Instant::now();
     let sends = lines.iter().enumerate().map(|(i, line)| {
         let producer = producer.clone();
         let key = format!("k{}", i % 64);
@@ -235,11 +274,20 @@ async fn produce(bootstrap: &str, topic: &str, lines: &[String]) -> f64 {
         }
     });
     futures::future::join_all(sends).await;
+}
+
+/// Raw Kafka: rdkafka producing `lines` to a new `partitions`-partition topic `topic` while a
+/// consumer of every partition reads them as they arrive; records/s until it has all.
+async fn raw_kafka(bootstrap: &str, topic: &str, partitions: i32, lines: &[String]) -> f64 {
+    create_topic(bootstrap, topic, partitions).await;
+    let reader = consume(bootstrap, topic, partitions, lines.len());
+    let start = Instant::now();
+    tokio::join!(produce(bootstrap, topic, lines), reader);
     lines.len() as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Reads `n` records of every partition of `topic` from the start (assigned, no group).
-async fn consume(bootstrap: &str, topic: &str, partitions: i32, n: usize) -> f64 {
+async fn consume(bootstrap: &str, topic: &str, partitions: i32, n: usize) {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "bench-raw")
@@ -251,13 +299,9 @@ async fn consume(bootstrap: &str, topic: &str, partitions: i32, n: usize) -> f64
         list.add_partition_offset(topic, p, Offset::Beginning).unwrap();
     }
     consumer.assign(&list).unwrap();
-    let start = Instant::now();
-    let mut got = 0;
-    while got < n {
+    for _ in 0..n {
         tokio::time::timeout(WAIT, consumer.recv()).await.unwrap().unwrap();
-        got += 1;
     }
-    n as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Sends readings at `rate` per second for `seconds` to `send`, each naming its send time in µs
@@ -271,6 +315,8 @@ where
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "bench-latency")
         .set("enable.auto.commit", "false")
+        // Fetch as soon as anything is there: the reader is not what is measured.
+        .set("fetch.wait.max.ms", "5")
         .create()
         .unwrap();
     let mut list = TopicPartitionList::new();
@@ -288,7 +334,11 @@ where
                 break;
             };
             let payload: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
-            let device = payload["device_id"].as_str().unwrap_or_default();
+            // The example logic renames `device` to `device_id`; the raw path keeps it.
+            let device = payload["device_id"]
+                .as_str()
+                .or(payload["device"].as_str())
+                .unwrap_or_default();
             if let Some(sent) = device.strip_prefix("lat-").and_then(|d| d.split('-').next()) {
                 let sent = Duration::from_micros(sent.parse().unwrap());
                 latencies.push(epoch.elapsed().saturating_sub(sent));
@@ -404,12 +454,16 @@ fn head(name: &str, lattice: &str, source: &str) -> String {
 async fn mqtt_to(env: &Env, n: usize, into_kafka: bool) -> Row {
     let mqtt = Mosquitto::start().unwrap();
     let lines = readings("m-", n);
-    let raw_rate = tokio::task::block_in_place(|| raw_mqtt(&mqtt, &lines));
+    let mut raw_rate = tokio::task::block_in_place(|| raw_mqtt(&mqtt, &lines));
     let (s3, kafka) = if into_kafka {
         (None, Some(KafkaBroker::start().unwrap()))
     } else {
         (Some(S3Server::start().unwrap()), None)
     };
+    if let Some(kafka) = &kafka {
+        // Two servers in a row: the raw path is as fast as the slower of them.
+        raw_rate = raw_rate.min(raw_kafka(&kafka.bootstrap(), "bench.raw", 1, &lines).await);
+    }
     let name = if into_kafka { "mqtt-to-kafka" } else { "mqtt-to-s3" };
     let sink = match (&s3, &kafka) {
         (Some(s3), _) => {
@@ -423,18 +477,21 @@ async fn mqtt_to(env: &Env, n: usize, into_kafka: bool) -> Row {
         _ => unreachable!(),
     };
     let source = format!(
-        "  provider: mqtt\n  config:\n    url: \"{}\"\n    topics: \"bench/#\"\n",
-        mqtt.url()
+        "  provider: mqtt\n  config:\n    url: \"{}\"\n    topics: \"bench/#\"\n{}",
+        mqtt.url(),
+        source_config_overrides()
     );
     let (local, host) = env.lattice("bench", name, s3.as_ref()).await;
     let deployment = env
         .deploy(&local, &format!("{}{sink}", head(name, "bench", &source)))
         .await;
+    let port = mqtt.port;
+    tokio::task::block_in_place(|| publish_mqtt(port, "bench/line-1", &readings("warm-", 1)));
+    wait_acknowledged(&deployment, 1, false).await;
     let cpu = CpuWindow::start(&host);
     let start = Instant::now();
-    let port = mqtt.port;
     tokio::task::block_in_place(|| publish_mqtt(port, "bench/line-1", &lines));
-    wait_acknowledged(&deployment, n as u64, false).await;
+    wait_acknowledged(&deployment, n as u64 + 1, false).await;
     let elapsed = start.elapsed();
     let mut row = Row {
         pipeline: if into_kafka { "MQTT -> Kafka" } else { "MQTT -> S3" },
@@ -445,7 +502,7 @@ async fn mqtt_to(env: &Env, n: usize, into_kafka: bool) -> Row {
     };
     cpu.finish(&mut row);
     match (&s3, &kafka) {
-        (Some(s3), _) => row.visible_after = Some(wait_s3_visible(s3, "bench", n).await),
+        (Some(s3), _) => row.visible_after = Some(wait_s3_visible(s3, "bench", n + 1).await),
         (_, Some(kafka)) => {
             // One publisher fed through a pipe: a process per tick would be slower than the rate
             // and hold up the reader.
@@ -465,6 +522,7 @@ async fn mqtt_to(env: &Env, n: usize, into_kafka: bool) -> Row {
             );
             drop(stdin);
             publisher.wait().unwrap();
+            row.raw_latency = Some(raw_latency(&kafka.bootstrap(), rate).await);
         }
         _ => {}
     }
@@ -478,17 +536,22 @@ async fn kafka_to_s3(env: &Env, n: usize) -> Row {
     let bootstrap = kafka.bootstrap();
     s3.create_bucket("bench").await.unwrap();
     create_topic(&bootstrap, "bench.in", 6).await;
-    produce(&bootstrap, "bench.in", &readings("k-", n)).await;
-    let raw_rate = consume(&bootstrap, "bench.in", 6, n).await;
-    let source =
-        format!("  provider: kafka\n  config:\n    bootstrap_servers: \"{bootstrap}\"\n    topics: bench.in\n    group_id: bench\n");
+    let lines = readings("k-", n);
+    let raw_rate = raw_kafka(&bootstrap, "bench.raw", 6, &lines).await;
+    let source = format!(
+        "  provider: kafka\n  config:\n    bootstrap_servers: \"{bootstrap}\"\n    topics: bench.in\n    group_id: bench\n{}",
+        source_config_overrides()
+    );
     let (local, host) = env.lattice("bench", "kafka-to-s3", Some(&s3)).await;
     let yaml = format!("{}{}", head("kafka-to-s3", "bench", &source), s3_sink(&s3, "bench"));
-    // The backlog is there before the pipeline: time from deploy to the last commit.
+    let deployment = env.deploy(&local, &yaml).await;
+    // One reading through first: the consumer group has its partitions before the clock starts.
+    produce(&bootstrap, "bench.in", &readings("warm-", 1)).await;
+    wait_acknowledged(&deployment, 1, false).await;
     let cpu = CpuWindow::start(&host);
     let start = Instant::now();
-    let deployment = env.deploy(&local, &yaml).await;
-    wait_acknowledged(&deployment, n as u64, false).await;
+    produce(&bootstrap, "bench.in", &lines).await;
+    wait_acknowledged(&deployment, n as u64 + 1, false).await;
     let elapsed = start.elapsed();
     let mut row = Row {
         pipeline: "Kafka -> S3",
@@ -497,19 +560,8 @@ async fn kafka_to_s3(env: &Env, n: usize) -> Row {
         raw_rate,
         ..Row::default()
     };
-    let cpu = CpuWindow {
-        providers: if cpu.providers.is_empty() {
-            providers(&host)
-                .into_iter()
-                .map(|(name, pid)| (name, pid, 0.0))
-                .collect()
-        } else {
-            cpu.providers
-        },
-        ..cpu
-    };
     cpu.finish(&mut row);
-    row.visible_after = Some(wait_s3_visible(&s3, "bench", n).await);
+    row.visible_after = Some(wait_s3_visible(&s3, "bench", n + 1).await);
     deployment.undeploy().await.unwrap();
     local.stop().await.unwrap();
     row
@@ -518,13 +570,13 @@ async fn kafka_to_s3(env: &Env, n: usize) -> Row {
 async fn http_to_kafka(env: &Env, n: usize) -> Row {
     let kafka = KafkaBroker::start().unwrap();
     let bootstrap = kafka.bootstrap();
-    create_topic(&bootstrap, "bench.raw", 1).await;
     create_topic(&bootstrap, "bench.out", 1).await;
     let lines = readings("h-", n);
-    let raw_rate = produce(&bootstrap, "bench.raw", &lines).await;
+    let raw_rate = raw_kafka(&bootstrap, "bench.raw", 1, &lines).await;
     let port = free_port();
     let source = format!(
-        "  provider: http-inproc\n  provider_config:\n    address: \"127.0.0.1:{port}\"\n  config:\n    path: /ingest\n    methods: POST\n"
+        "  provider: http-inproc\n  provider_config:\n    address: \"127.0.0.1:{port}\"\n  config:\n    path: /ingest\n    methods: POST\n{}",
+        source_config_overrides()
     );
     let (local, host) = env.lattice("bench", "http-to-kafka", None).await;
     let yaml = format!(
@@ -554,6 +606,7 @@ async fn http_to_kafka(env: &Env, n: usize) -> Row {
             }
         }
     };
+    post(readings("warm-", 1)).await;
     let cpu = CpuWindow::start(&host);
     let start = Instant::now();
     let requests: Vec<Vec<String>> = lines.chunks(64).map(<[String]>::to_vec).collect();
@@ -572,6 +625,7 @@ async fn http_to_kafka(env: &Env, n: usize) -> Row {
     cpu.finish(&mut row);
     let rate = row.rate / 2.0;
     row.latency = Some(latency(&bootstrap, "bench.out", rate, 5, &post).await);
+    row.raw_latency = Some(raw_latency(&bootstrap, rate).await);
     deployment.undeploy().await.unwrap();
     local.stop().await.unwrap();
     row
@@ -579,12 +633,19 @@ async fn http_to_kafka(env: &Env, n: usize) -> Row {
 
 fn print(rows: &[Row]) {
     println!();
-    println!("| pipeline | records | records/s | raw records/s | vs raw | latency p50 / p99 | visible in S3 after | providers: CPU ms per 1k records, peak RSS | host process: CPU ms per 1k, RSS |");
+    println!("| pipeline | records | records/s | raw records/s | vs raw | latency p50 / p99 (raw) | visible in S3 after | providers: CPU ms per 1k records, peak RSS | host process: CPU ms per 1k, RSS |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |");
     for r in rows {
-        let latency = r.latency.map_or("-".to_string(), |(p50, p99)| {
-            format!("{:.0} / {:.0} ms", ms(p50), ms(p99))
-        });
+        let latency = match (r.latency, r.raw_latency) {
+            (Some((p50, p99)), Some((raw50, raw99))) => format!(
+                "{:.0} / {:.0} ms ({:.0} / {:.0} ms)",
+                ms(p50),
+                ms(p99),
+                ms(raw50),
+                ms(raw99)
+            ),
+            _ => "-".to_string(),
+        };
         let visible = r
             .visible_after
             .map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));

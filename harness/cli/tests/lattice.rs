@@ -206,6 +206,16 @@ fn lost(got: &BTreeMap<String, usize>, wanted: &[String]) -> Vec<String> {
     wanted.iter().filter(|w| !got.contains_key(*w)).cloned().collect()
 }
 
+/// Asserts that `got` holds every one of `wanted`, showing `context` (the pipeline's progress, a
+/// server's log) when it does not; prints the count under `what` and returns how many records
+/// came more than once.
+fn assert_landed(what: &str, got: &BTreeMap<String, usize>, wanted: &[String], context: impl std::fmt::Display) -> usize {
+    assert_eq!(lost(got, wanted), Vec::<String>::new(), "{what}: records lost; {context}");
+    let duplicated = got.values().filter(|c| **c > 1).count();
+    eprintln!("{what}: {} records, 0 lost, {duplicated} duplicated", wanted.len());
+    duplicated
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mqtt_to_s3_then_the_sink_swapped_to_kafka_with_the_same_step() {
     sluice_integration::init_tracing();
