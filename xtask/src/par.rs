@@ -4,6 +4,9 @@
 //!
 //! `cargo xtask par` builds release binaries into `<target dir>/par/`; tests package debug binaries
 //! (smaller builds, same shape) with [`package_all`].
+//!
+//! Every archive is signed with keys from a [`Keys`] directory, so a provider keeps its subject
+//! (its service public key, what `nats-kv` secrets mappings name) from one build to the next.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,6 +15,8 @@ use anyhow::{bail, Context as _};
 use nkeys::KeyPair;
 use provider_archive::ProviderArchive;
 use serde::Deserialize;
+
+pub use crate::keys::Keys;
 
 /// The vendor written into every archive's claims.
 pub const VENDOR: &str = "Sluice";
@@ -29,6 +34,10 @@ pub struct ParArgs {
     /// Where the archives go (default: `<cargo target dir>/par`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The signing keys (default: `$SLUICE_KEYS_DIR`, else `$HOME/.sluice/keys`); missing keys are
+    /// created there once and reused by every later build.
+    #[arg(long, value_name = "DIR")]
+    pub keys_dir: Option<PathBuf>,
 }
 
 /// Which cargo profile the provider binaries come from.
@@ -185,9 +194,44 @@ fn stripped(binary: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-/// Packages one provider binary (stripped first) as `<out_dir>/<name>.par.gz`, signed by fresh
-/// account and service keys, and returns the archive's path.
-pub async fn package(binary: &Path, provider: &ProviderPackage, out_dir: &Path) -> anyhow::Result<PathBuf> {
+/// A packaged provider: its archive and the identity it is signed with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packaged {
+    /// The provider's name.
+    pub provider: String,
+    /// The archive, `<out_dir>/<provider>.par.gz`.
+    pub path: PathBuf,
+    /// The provider's service public key: the claims' subject.
+    pub subject: String,
+    /// The issuer's (account) public key: the claims' issuer.
+    pub issuer: String,
+}
+
+/// Packages one provider binary (stripped first) as `<out_dir>/<name>.par.gz`, signed by the
+/// issuer key and the provider's service key from `keys`.
+pub async fn package(
+    binary: &Path,
+    provider: &ProviderPackage,
+    out_dir: &Path,
+    keys: &Keys,
+) -> anyhow::Result<Packaged> {
+    sign_and_package(
+        binary,
+        provider,
+        out_dir,
+        &keys.issuer()?,
+        &keys.service(&provider.name)?,
+    )
+    .await
+}
+
+async fn sign_and_package(
+    binary: &Path,
+    provider: &ProviderPackage,
+    out_dir: &Path,
+    issuer: &KeyPair,
+    service: &KeyPair,
+) -> anyhow::Result<Packaged> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("failed to create {}", out_dir.display()))?;
     let stripped = stripped(binary, out_dir)?;
     let bytes = std::fs::read(&stripped).with_context(|| format!("failed to read {}", stripped.display()));
@@ -199,26 +243,40 @@ pub async fn package(binary: &Path, provider: &ProviderPackage, out_dir: &Path) 
         .map_err(|err| anyhow::anyhow!("failed to add {} to its archive: {err}", binary.display()))?;
     let path = archive_path(out_dir, &provider.name);
     archive
-        .write(&path, &KeyPair::new_account(), &KeyPair::new_service(), true)
+        .write(&path, issuer, service, true)
         .await
         .map_err(|err| anyhow::anyhow!("failed to write {}: {err}", path.display()))?;
-    Ok(path)
+    Ok(Packaged {
+        provider: provider.name.clone(),
+        path,
+        subject: service.public_key(),
+        issuer: issuer.public_key(),
+    })
 }
 
-/// Packages every provider's already-built `profile` binary into `out_dir`, in parallel.
-pub async fn package_all(workspace: &Workspace, profile: Profile, out_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// Packages every provider's already-built `profile` binary into `out_dir`, in parallel, signed
+/// with `keys` (read, or created once, before any archive is written); sorted by provider.
+pub async fn package_all(
+    workspace: &Workspace,
+    profile: Profile,
+    out_dir: &Path,
+    keys: &Keys,
+) -> anyhow::Result<Vec<Packaged>> {
+    let issuer = std::sync::Arc::new(keys.issuer()?);
     let mut tasks = tokio::task::JoinSet::new();
     for provider in workspace.providers.clone() {
         let binary = workspace.binary(&provider, profile);
         let out_dir = out_dir.to_path_buf();
-        tasks.spawn(async move { package(&binary, &provider, &out_dir).await });
+        let issuer = issuer.clone();
+        let service = keys.service(&provider.name)?;
+        tasks.spawn(async move { sign_and_package(&binary, &provider, &out_dir, &issuer, &service).await });
     }
-    let mut paths = Vec::new();
+    let mut packaged = Vec::new();
     while let Some(result) = tasks.join_next().await {
-        paths.push(result??);
+        packaged.push(result??);
     }
-    paths.sort();
-    Ok(paths)
+    packaged.sort_by(|a, b| a.provider.cmp(&b.provider));
+    Ok(packaged)
 }
 
 /// `cargo xtask par`: builds and packages every provider, then lists the archives.
@@ -228,11 +286,26 @@ pub async fn run(args: ParArgs) -> anyhow::Result<()> {
         bail!("no `{PROVIDER_PREFIX}*` package with a binary in this workspace");
     }
     let profile = if args.debug { Profile::Debug } else { Profile::Release };
+    // The keys first (read, or created), so a bad keys directory is said before a long build.
+    let keys = Keys::open(args.keys_dir.map_or_else(Keys::default_dir, Ok)?)?;
+    keys.issuer()?;
+    for provider in &workspace.providers {
+        keys.service(&provider.name)?;
+    }
     workspace.build(profile)?;
     let out = args.out.unwrap_or_else(|| workspace.par_dir());
-    for path in package_all(&workspace, profile, &out).await? {
-        let size = std::fs::metadata(&path)?.len();
-        println!("{}  {:.1} MiB", path.display(), size as f64 / (1024.0 * 1024.0));
+    let packaged = package_all(&workspace, profile, &out, &keys).await?;
+    println!("signing keys: {}", keys.dir().display());
+    for archive in &packaged {
+        let size = std::fs::metadata(&archive.path)?.len();
+        println!(
+            "{}  {:.1} MiB\n  provider {}  subject {}  issuer {}",
+            archive.path.display(),
+            size as f64 / (1024.0 * 1024.0),
+            archive.provider,
+            archive.subject,
+            archive.issuer
+        );
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use tokio::sync::OnceCell;
-use xtask::par::{ProviderPackage, Workspace};
+use xtask::par::{Keys, ProviderPackage, Workspace};
 
 /// `target/debug`, where this test binary (in `target/debug/deps`) and the providers live.
 pub fn debug_dir() -> PathBuf {
@@ -23,12 +23,15 @@ pub fn providers() -> Vec<ProviderPackage> {
 static ARCHIVES: OnceCell<PathBuf> = OnceCell::const_new();
 
 /// A directory with every provider's `.par.gz`, packaged (once, in parallel) from the debug binaries.
+/// Signed with throwaway keys: a test run must not create (or use) the operator's keys in
+/// `~/.sluice/keys`, and nothing here depends on a provider keeping its subject across runs.
 pub async fn archives() -> PathBuf {
     ARCHIVES
         .get_or_init(|| async {
             let dir = sluice_integration::servers::temp_dir("par").expect("temp dir");
+            let keys = Keys::open(dir.join("keys")).expect("keys dir");
             let workspace = Workspace::discover().expect("cargo metadata");
-            xtask::par::package_all(&workspace, xtask::par::Profile::Debug, &dir)
+            xtask::par::package_all(&workspace, xtask::par::Profile::Debug, &dir, &keys)
                 .await
                 .expect("package the debug providers (build them first: `cargo build --bins`)");
             dir

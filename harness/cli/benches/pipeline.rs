@@ -49,7 +49,7 @@ use sluice_deploy::spec::PipelineSpec;
 use sluice_integration::procfs;
 use sluice_integration::seaweedfs::S3Server;
 use sluice_integration::servers::{free_port, temp_dir, KafkaBroker, Mosquitto};
-use xtask::par::{package_all, Profile, Workspace};
+use xtask::par::{package_all, Keys, Profile, Workspace};
 
 /// Bytes per reading.
 const RECORD: usize = 1024;
@@ -688,8 +688,10 @@ fn main() {
     let workspace = Workspace::discover().unwrap();
     workspace.build(Profile::Release).expect("build the release providers");
     let par = temp_dir("bench-par").unwrap();
+    // Throwaway keys, as in the tests: a bench run leaves the operator's keys alone.
+    let keys = Keys::open(par.join("keys")).unwrap();
     runtime
-        .block_on(package_all(&workspace, Profile::Release, &par))
+        .block_on(package_all(&workspace, Profile::Release, &par, &keys))
         .expect("package the release providers");
     let dir = temp_dir("bench-pipeline").unwrap();
     std::fs::create_dir_all(dir.join("steps")).unwrap();

@@ -30,7 +30,7 @@ use sluice_deploy::spec::PipelineSpec;
 use sluice_integration::seaweedfs::S3Server;
 use sluice_integration::servers::{temp_dir, KafkaBroker, Mosquitto};
 use tokio::sync::OnceCell;
-use xtask::par::{package_all, Profile, Workspace};
+use xtask::par::{package_all, Keys, Profile, Workspace};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -38,13 +38,16 @@ const WAIT: Duration = Duration::from_secs(90);
 /// two cores.
 static LATTICES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
-/// Every provider's `.par.gz`, packaged once from the debug binaries `cargo test` built.
+/// Every provider's `.par.gz`, packaged once from the debug binaries `cargo test` built, signed
+/// with throwaway keys (not the operator's `~/.sluice/keys`: the local secrets backend grants by
+/// application, so no test depends on a provider's subject).
 async fn archives() -> PathBuf {
     static DIR: OnceCell<PathBuf> = OnceCell::const_new();
     DIR.get_or_init(|| async {
         let dir = temp_dir("par").unwrap();
+        let keys = Keys::open(dir.join("keys")).unwrap();
         let workspace = Workspace::discover().unwrap();
-        package_all(&workspace, Profile::Debug, &dir)
+        package_all(&workspace, Profile::Debug, &dir, &keys)
             .await
             .expect("package the debug providers (build them first: `cargo build --bins`)");
         dir
