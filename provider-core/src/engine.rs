@@ -668,6 +668,46 @@ mod tests {
         assert_eq!(labels, vec!["old".to_string()]);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_waits_for_a_free_slot_and_is_answered_retry_only_after_slot_wait() {
+        let s = Setup::new();
+        let key = LinkKey::new("patient", "default");
+        s.put_sink(
+            &key,
+            &[("label", "p"), ("write_delay", "300ms"), ("max_concurrent_writes", "1")],
+        )
+        .await
+        .unwrap();
+        // The second write finds the only slot taken: it waits for it instead of being refused.
+        let (first, second) = tokio::join!(
+            s.engine.write("patient", "default", records("a", 1)),
+            s.engine.write("patient", "default", records("b", 1)),
+        );
+        first.unwrap();
+        second.unwrap();
+        assert_eq!(s.sink.written().len(), 2);
+
+        let key = LinkKey::new("impatient", "default");
+        let config = [
+            ("label", "i"),
+            ("write_delay", "500ms"),
+            ("max_concurrent_writes", "1"),
+            ("slot_wait", "50ms"),
+        ];
+        s.put_sink(&key, &config).await.unwrap();
+        let (first, second) = tokio::join!(s.engine.write("impatient", "default", records("a", 1)), async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            s.engine.write("impatient", "default", records("b", 1)).await
+        });
+        first.unwrap();
+        match second {
+            Err(Failure::Retry(reason)) => {
+                assert!(reason.contains("sink busy") && reason.contains("impatient"), "{reason}");
+            }
+            other => panic!("expected retry after slot_wait, got {other:?}"),
+        }
+    }
+
     /// A [`MemorySink`] whose writer holds something of its link's alone, counting the writers
     /// open at once.
     #[derive(Default)]

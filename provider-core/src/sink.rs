@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -66,9 +67,13 @@ pub trait SinkWriter: Send + Sync + 'static {
 /// How a sink link bounds its work. Read from the link config by the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SinkSettings {
-    /// `max_concurrent_writes`: writes running at once for this link; more are answered `retry`
-    /// (default 4).
+    /// `max_concurrent_writes`: writes running at once for this link (default 4).
     pub max_concurrent_writes: usize,
+    /// `slot_wait`: how long a write waits for one of those slots before it is answered `retry`
+    /// (default 1s). Waiting is cheaper than refusing: a refused batch has already crossed the
+    /// host and the step, and comes back only after the source's backoff. Keep it below the
+    /// sources' `deliver_timeout` (5s; 2s for HTTP).
+    pub slot_wait: Duration,
 }
 
 impl SinkSettings {
@@ -76,6 +81,7 @@ impl SinkSettings {
     pub fn from_config(config: &ConfigReader<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
             max_concurrent_writes: config.positive_or("max_concurrent_writes", 4)?,
+            slot_wait: config.duration_or("slot_wait", Duration::from_secs(1))?,
         })
     }
 }
@@ -102,7 +108,8 @@ impl<W: SinkWriter> SinkLink<W> {
         }
     }
 
-    /// Writes a batch if the link is open and has a free slot, else answers `retry`.
+    /// Writes a batch if the link is open and a slot is free within `slot_wait`, else answers
+    /// `retry`.
     pub(crate) async fn write(&self, key: &LinkKey, batch: Vec<Message>) -> Result<(), Failure> {
         let Some(writer) = self.writer.get() else {
             LinkMetrics::add(&self.metrics.write_failures, 1);
@@ -112,11 +119,11 @@ impl<W: SinkWriter> SinkLink<W> {
             };
             return Err(Failure::Retry(format!("sink not connected: {key}: {reason}")));
         };
-        let Ok(_permit) = self.permits.try_acquire() else {
+        let Ok(Ok(_permit)) = tokio::time::timeout(self.settings.slot_wait, self.permits.acquire()).await else {
             LinkMetrics::add(&self.metrics.busy, 1);
             return Err(Failure::Retry(format!(
-                "sink busy: {key} already has {} writes in flight",
-                self.settings.max_concurrent_writes
+                "sink busy: {key} had {} writes in flight for {:?}",
+                self.settings.max_concurrent_writes, self.settings.slot_wait
             )));
         };
         let _gauge = crate::metrics::InFlight::enter(&self.metrics.in_flight);

@@ -678,6 +678,9 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
+    // The embedded host's and wadm's warnings (a provider that failed to start, a link put that
+    // failed) go to stderr with the figures; `RUST_LOG` for more.
+    sluice_integration::init_tracing();
     let n = env_number("PIPELINE_BENCH_RECORDS", 20_000) as usize;
     let cases =
         std::env::var("PIPELINE_BENCH_CASES").unwrap_or_else(|_| "mqtt-s3,mqtt-kafka,kafka-s3,http-kafka".into());

@@ -212,8 +212,17 @@ fn lost(got: &BTreeMap<String, usize>, wanted: &[String]) -> Vec<String> {
 /// Asserts that `got` holds every one of `wanted`, showing `context` (the pipeline's progress, a
 /// server's log) when it does not; prints the count under `what` and returns how many records
 /// came more than once.
-fn assert_landed(what: &str, got: &BTreeMap<String, usize>, wanted: &[String], context: impl std::fmt::Display) -> usize {
-    assert_eq!(lost(got, wanted), Vec::<String>::new(), "{what}: records lost; {context}");
+fn assert_landed(
+    what: &str,
+    got: &BTreeMap<String, usize>,
+    wanted: &[String],
+    context: impl std::fmt::Display,
+) -> usize {
+    assert_eq!(
+        lost(got, wanted),
+        Vec::<String>::new(),
+        "{what}: records lost; {context}"
+    );
     let duplicated = got.values().filter(|c| **c > 1).count();
     eprintln!("{what}: {} records, 0 lost, {duplicated} duplicated", wanted.len());
     duplicated

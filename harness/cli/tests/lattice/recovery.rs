@@ -429,7 +429,12 @@ async fn s3_unreachable_at_deploy_and_for_a_minute_loses_nothing_and_idles() {
     let mut wanted = expected("before-", first);
     wanted.extend(expected("during-", during));
     let got = wait_s3(&client, "outage", &wanted).await;
-    assert_landed("S3 outage at deploy and for 60 s", &got, &wanted, deployment.progress().await);
+    assert_landed(
+        "S3 outage at deploy and for 60 s",
+        &got,
+        &wanted,
+        deployment.progress().await,
+    );
     deployment.undeploy().await.unwrap();
     lattice.stop().await.unwrap();
 }
