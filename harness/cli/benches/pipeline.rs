@@ -113,7 +113,9 @@ struct Row {
     latency: Option<(Duration, Duration)>,
     /// The same reader's latency for readings produced straight to a topic: the floor.
     raw_latency: Option<(Duration, Duration)>,
-    visible_after: Option<Duration>,
+    /// Into S3: how long after the last acknowledgement every reading was readable, and in how
+    /// many objects.
+    visible_after: Option<(Duration, usize)>,
     /// Per provider: CPU ms per 1,000 records, peak RSS in MiB.
     providers: Vec<(String, f64, f64)>,
     host_cpu_ms_per_k: f64,
@@ -369,8 +371,9 @@ where
 }
 
 /// Every JSON line of every object in `bucket`.
-async fn s3_lines(client: &aws_sdk_s3::Client, bucket: &str) -> usize {
-    let mut lines = 0;
+/// The objects in `bucket` and the lines they hold.
+async fn s3_lines(client: &aws_sdk_s3::Client, bucket: &str) -> (usize, usize) {
+    let (mut objects, mut lines) = (0, 0);
     let mut token = None;
     loop {
         let listed = client
@@ -384,23 +387,28 @@ async fn s3_lines(client: &aws_sdk_s3::Client, bucket: &str) -> usize {
             let body = sluice_integration::seaweedfs::object(client, bucket, object.key().unwrap())
                 .await
                 .unwrap();
+            objects += 1;
             lines += body.iter().filter(|b| **b == b'\n').count();
         }
         token = listed.next_continuation_token().map(str::to_string);
         if token.is_none() {
-            return lines;
+            return (objects, lines);
         }
     }
 }
 
-async fn wait_s3_visible(s3: &S3Server, bucket: &str, n: usize) -> Duration {
+/// How long until `bucket` holds `n` readings, and in how many objects.
+async fn wait_s3_visible(s3: &S3Server, bucket: &str, n: usize) -> (Duration, usize) {
     let client = s3.client();
     let start = Instant::now();
-    while s3_lines(&client, bucket).await < n {
+    loop {
+        let (objects, lines) = s3_lines(&client, bucket).await;
+        if lines >= n {
+            return (start.elapsed(), objects);
+        }
         assert!(start.elapsed() < WAIT, "readings never all visible in S3");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    start.elapsed()
 }
 
 /// The lattice, the archives and the step: what every case deploys with.
@@ -646,9 +654,9 @@ fn print(rows: &[Row]) {
             ),
             _ => "-".to_string(),
         };
-        let visible = r
-            .visible_after
-            .map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
+        let visible = r.visible_after.map_or("-".to_string(), |(d, objects)| {
+            format!("{:.1} s ({objects} objects)", d.as_secs_f64())
+        });
         let providers: Vec<String> = r
             .providers
             .iter()
