@@ -105,6 +105,7 @@ for _ in $(seq 1 600); do
   sleep 0.5
 done
 END=$(date +%s.%N)
+echo
 awk -v n="$BURST" -v start="$START" -v end="$END" -v total="$(landed)" 'BEGIN {
   t = end - start
   printf "%d readings published and readable in S3 after %.1f s: %.0f readings/s end to end (%d lines in the bucket)\n", n, t, n / t, total
