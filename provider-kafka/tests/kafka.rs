@@ -580,12 +580,14 @@ async fn a_second_instance_in_the_group_rebalances_without_loss() {
     let total = 20_000;
     produce(&bootstrap, "shared", "r", total, 40).await;
     let step = FakeComponent::serve(&s.client, "default", "step-r").await.unwrap();
-    // Slow enough that the group is still busy when the second instance joins.
+    // Slow enough that the group is still busy when the second instance joins: 64-record
+    // batches, 100 ms each (with the default 512 the first instance is done before it joins).
     step.behave(|_| Reply::AcceptAfter(Duration::from_millis(100)));
     let config_a = [
         ("bootstrap_servers", bootstrap.as_str()),
         ("topics", "shared"),
         ("group_instance_id", "instance-a"),
+        ("max_batch_records", "64"),
     ];
     s.provider
         .put_link(Link::source(PROVIDER, "step-r", "default", &config_a))
@@ -599,7 +601,11 @@ async fn a_second_instance_in_the_group_rebalances_without_loss() {
     let mut second = HostedProvider::start_on(&s.provider, BINARY, "sluice-provider-kafka-b")
         .await
         .unwrap();
-    let config_b = [("bootstrap_servers", bootstrap.as_str()), ("topics", "shared")];
+    let config_b = [
+        ("bootstrap_servers", bootstrap.as_str()),
+        ("topics", "shared"),
+        ("max_batch_records", "64"),
+    ];
     second
         .put_link(Link::source("sluice-provider-kafka-b", "step-r", "default", &config_b))
         .await
@@ -621,7 +627,11 @@ async fn a_second_instance_in_the_group_rebalances_without_loss() {
     assert!(b_delivered > 0, "the second instance got partitions");
     // Read twice only if it was still in flight at a revoke: at most each instance's
     // unacknowledged window at each of the two rebalances, join and leave.
-    let window = RunnerSettings::default().max_unacknowledged();
+    let window = RunnerSettings {
+        max_batch_records: 64,
+        ..RunnerSettings::default()
+    }
+    .max_unacknowledged();
     assert!(redelivered <= 2 * 2 * window, "{redelivered} records read twice");
     assert!(
         s.provider
