@@ -3,6 +3,13 @@
 
 use std::time::Duration;
 
+/// The state letter of `pid` (`R`, `S`, `Z` for a zombie, ...); `None` once it is gone.
+#[must_use]
+pub fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
 /// CPU time `pid` has used, user and system (`stat` fields 14 and 15); `None` once it is gone.
 #[must_use]
 pub fn cpu_time(pid: u32) -> Option<Duration> {
@@ -49,5 +56,19 @@ mod tests {
         let rss = memory_kib(me, "VmRSS").unwrap();
         assert!(rss > 0 && memory_kib(me, "VmHWM").unwrap() >= rss);
         assert_eq!(memory_kib(me, "NoSuchField"), None);
+    }
+
+    #[test]
+    fn an_exited_child_is_a_zombie_until_reaped_and_then_gone() {
+        assert!(state(std::process::id()).is_some_and(|s| s != 'Z'));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while state(pid) != Some('Z') && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(state(pid), Some('Z'));
+        child.wait().unwrap();
+        assert_eq!(state(pid), None);
     }
 }

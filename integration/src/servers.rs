@@ -120,6 +120,11 @@ impl ServerProcess {
         Ok(())
     }
 
+    /// Whether the process is still running (neither gone nor a zombie waiting to be reaped).
+    pub fn is_running(&self) -> bool {
+        crate::procfs::state(self.child.id()).is_some_and(|state| state != 'Z' && state != 'X')
+    }
+
     /// The server's working directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -216,9 +221,32 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// A new client connection.
+    /// A new client connection. A refused connect is tried again for a few seconds (the server
+    /// answered the start-up probe, so a refusal is transient); the last error says whether the
+    /// server is still running and ends with its log.
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
-        Ok(async_nats::connect(self.url()).await?)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match async_nats::connect(self.url()).await {
+                Ok(client) => return Ok(client),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(url = %self.url(), error = %e, "nats connect failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    let state = if self.process.is_running() {
+                        "nats-server is still running"
+                    } else {
+                        "nats-server has exited"
+                    };
+                    bail!(
+                        "cannot connect to {} ({e}); {state}; its log ends:\n{}",
+                        self.url(),
+                        self.process.log_tail(20)
+                    );
+                }
+            }
+        }
     }
 
     /// The server process (its directory and log).
