@@ -6,6 +6,7 @@
 //! - [`host`]: an embedded wasmCloud 1.x host (`wasmcloud-host` 0.27.1, as `release-1.9.x`);
 //! - [`wadm`]: embedded wadm (`wadm` 0.21.1) and a client for its API;
 //! - [`secrets`]: a local secrets backend speaking the host's secrets protocol;
+//! - [`digest`]: short content digests naming versions and link configs;
 //! - [`children`]: the processes this process started, ended before it exits;
 //! - [`local`]: all of the above on a local nats-server, one host per lattice;
 //! - [`pipeline`]: a pipeline deployed through wadm, watched and undeployed;
@@ -13,6 +14,7 @@
 
 pub mod archive;
 pub mod children;
+pub mod digest;
 pub mod host;
 pub mod local;
 pub mod manifest;

@@ -107,11 +107,11 @@ pub struct Ids {
 impl Ids {
     /// `<pipeline>-source`, `<pipeline>-step`, `<pipeline>-sink`; one provider serving both
     /// ends ([`one_provider_for_both_ends`]) is `<pipeline>-<provider>`; a shared provider has the
-    /// id wadm gives it in its application (see [`shared_provider_id`]).
+    /// id wadm gives it in its application (see [`wadm_id`]).
     #[must_use]
     pub fn of(spec: &PipelineSpec) -> Self {
         let provider = |role: &str, endpoint: &Endpoint| match &endpoint.shared {
-            Some(app) => shared_provider_id(app, &endpoint.provider),
+            Some(app) => wadm_id(app, &endpoint.provider),
             None if one_provider_for_both_ends(spec) => format!("{}-{}", spec.name, endpoint.provider),
             None => format!("{}-{role}", spec.name),
         };
@@ -135,12 +135,13 @@ pub fn one_provider_for_both_ends(spec: &PipelineSpec) -> bool {
         && spec.source.provider_config == spec.sink.provider_config
 }
 
-/// The id wadm gives component `component` of application `app` when the manifest sets none:
-/// both lowercased, every other character than ASCII letters and digits replaced by `_`, joined by `-`.
+/// The id wadm gives what an application `app` names `name` when the manifest sets no id: a
+/// component, a shared application's provider, or named config. Both lowercased, every other
+/// character than ASCII letters and digits replaced by `_`, joined by `-`.
 #[must_use]
-pub fn shared_provider_id(app: &str, component: &str) -> String {
+pub fn wadm_id(app: &str, name: &str) -> String {
     let clean = |s: &str| s.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_");
-    format!("{}-{}", clean(app), clean(component))
+    format!("{}-{}", clean(app), clean(name))
 }
 
 /// A wadm Application manifest (the subset Sluice writes).
@@ -301,29 +302,35 @@ pub struct SecretSource {
     pub key: String,
 }
 
-fn side(name: Option<String>, config_name: String, endpoint: &Endpoint) -> LinkSide {
+/// One side of a link with the endpoint's config and secrets. The config's name is `config_name`
+/// and a digest of the config and the secret references: wadm 0.21 never puts again a link the
+/// host already has, whatever its config, so a link whose config changed must differ by name to
+/// be seen (and replaced, see [`crate::pipeline`]).
+fn side(name: Option<String>, config_name: &str, endpoint: &Endpoint) -> LinkSide {
     let properties: BTreeMap<_, _> = endpoint
         .config
         .iter()
         .map(|(k, v)| (k.clone(), v.to_string()))
         .collect();
+    let secrets: Vec<SecretRef> = endpoint
+        .secrets
+        .iter()
+        .map(|(key, secret)| SecretRef {
+            name: key.clone(),
+            properties: SecretSource {
+                policy: SECRETS_POLICY.into(),
+                key: secret.clone(),
+            },
+        })
+        .collect();
+    let content = serde_json::to_vec(&(&properties, &secrets)).expect("config serializes");
     LinkSide {
         name,
         config: vec![NamedConfig {
-            name: config_name,
+            name: format!("{config_name}-{}", crate::digest::short(&content)),
             properties,
         }],
-        secrets: endpoint
-            .secrets
-            .iter()
-            .map(|(key, secret)| SecretRef {
-                name: key.clone(),
-                properties: SecretSource {
-                    policy: SECRETS_POLICY.into(),
-                    key: secret.clone(),
-                },
-            })
-            .collect(),
+        secrets,
     }
 }
 
@@ -467,7 +474,7 @@ pub fn render(spec: &PipelineSpec, images: &Images) -> Manifest {
                     } else {
                         "sink".into()
                     }),
-                    format!("{}-sink", spec.name),
+                    &format!("{}-sink", spec.name),
                     &spec.sink,
                 ),
                 "sink",
@@ -483,7 +490,7 @@ pub fn render(spec: &PipelineSpec, images: &Images) -> Manifest {
             secrets: Vec::new(),
         },
         "ingest",
-        Some(side(None, format!("{}-source", spec.name), &spec.source)),
+        Some(side(None, &format!("{}-source", spec.name), &spec.source)),
         // Named after the pipeline: a shared source provider has one such link per pipeline.
         Some(spec.name.clone()),
     );
@@ -509,7 +516,7 @@ pub fn render(spec: &PipelineSpec, images: &Images) -> Manifest {
         let sink = provider_component(spec, "sink", &spec.sink, &images.sink, ids.sink, Vec::new());
         vec![source, step, sink]
     };
-    Manifest {
+    let mut manifest = Manifest {
         api_version: "core.oam.dev/v1beta1".into(),
         kind: "Application".into(),
         metadata: Metadata {
@@ -524,10 +531,80 @@ pub fn render(spec: &PipelineSpec, images: &Images) -> Manifest {
             }],
             components,
         },
-    }
+    };
+    // A new version per change: wadm refuses to store a version twice.
+    let digest = crate::digest::short(manifest.to_yaml().as_bytes());
+    manifest
+        .metadata
+        .annotations
+        .insert("version".into(), format!("{}-{digest}", spec.version));
+    manifest
+}
+
+/// A link as the host holds it once wadm has put it: what [`Manifest::links`] expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedLink {
+    /// The component or provider calling through the link.
+    pub source_id: String,
+    /// The one it calls.
+    pub target: String,
+    /// The link name.
+    pub name: String,
+    /// The WIT namespace (`sluice`).
+    pub namespace: String,
+    /// The WIT package (`pipeline`).
+    pub package: String,
+    /// The names the host gives the link's configs (wadm prefixes them with the application).
+    pub config: Vec<String>,
 }
 
 impl Manifest {
+    /// The application's version (`<spec version>-<digest of the manifest>`).
+    #[must_use]
+    pub fn version(&self) -> &str {
+        self.metadata.annotations.get("version").map_or("", String::as_str)
+    }
+
+    /// The links this manifest asks wadm for, as the host will hold them.
+    #[must_use]
+    pub fn links(&self) -> Vec<ExpectedLink> {
+        let app = &self.metadata.name;
+        let id = |component: &Component| match (&component.properties.id, &component.properties.application) {
+            (Some(id), _) => id.clone(),
+            (None, Some(shared)) => wadm_id(&shared.name, &shared.component),
+            (None, None) => wadm_id(app, &component.name),
+        };
+        let by_name = |name: &str| self.spec.components.iter().find(|c| c.name == name);
+        let mut links = Vec::new();
+        for component in &self.spec.components {
+            for t in &component.traits {
+                let Trait::Link(link) = t else { continue };
+                let target = link
+                    .target
+                    .name
+                    .as_deref()
+                    .and_then(by_name)
+                    .map_or_else(String::new, id);
+                let config = link
+                    .source
+                    .iter()
+                    .chain([&link.target])
+                    .flat_map(|side| &side.config)
+                    .map(|c| wadm_id(app, &c.name))
+                    .collect();
+                links.push(ExpectedLink {
+                    source_id: id(component),
+                    target,
+                    name: link.name.clone().unwrap_or_else(|| "default".into()),
+                    namespace: link.namespace.clone(),
+                    package: link.package.clone(),
+                    config,
+                });
+            }
+        }
+        links
+    }
+
     /// The manifest as YAML.
     #[must_use]
     pub fn to_yaml(&self) -> String {

@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use wadm_types::api::StatusType;
 
-use crate::manifest::{render, Ids, Images, Manifest};
+use crate::manifest::{render, ExpectedLink, Ids, Images, Manifest};
 use crate::progress::Progress;
 use crate::spec::PipelineSpec;
-use crate::wadm::WadmClient;
+use crate::wadm::{Stored, WadmClient};
 
 /// How long wadm may take to bring a pipeline up (providers start, links are put).
 pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -24,6 +24,8 @@ pub struct Deployment {
     pub manifest: Manifest,
     /// The ids of its providers and step.
     pub ids: Ids,
+    stored: Stored,
+    replaced: Vec<ExpectedLink>,
     wadm: WadmClient,
     nats: async_nats::Client,
 }
@@ -60,20 +62,42 @@ impl Deployment {
     pub async fn start_with(nats: &async_nats::Client, spec: &PipelineSpec, images: &Images) -> anyhow::Result<Self> {
         let manifest = render(spec, images);
         let wadm = WadmClient::new(nats.clone(), &spec.lattice);
-        wadm.put(&manifest.to_yaml()).await?;
-        let deployment = Self {
+        let name = &spec.name;
+        let stored = wadm.store(name, manifest.version(), &manifest.to_yaml()).await?;
+        wadm.deploy_and_wait(name, Some(manifest.version()), DEPLOY_TIMEOUT)
+            .await
+            .with_context(|| format!("pipeline `{name}` did not deploy"))?;
+        let replaced = converge_links(nats, &spec.lattice, &manifest, DEPLOY_TIMEOUT)
+            .await
+            .with_context(|| format!("pipeline `{name}`: the host's links do not match its manifest"))?;
+        Ok(Self {
             spec: spec.clone(),
             ids: Ids::of(spec),
             manifest,
+            stored,
+            replaced,
             wadm,
             nats: nats.clone(),
-        };
-        deployment
-            .wadm
-            .deploy_and_wait(&deployment.spec.name, DEPLOY_TIMEOUT)
-            .await
-            .with_context(|| format!("pipeline `{}` did not deploy", deployment.spec.name))?;
-        Ok(deployment)
+        })
+    }
+
+    /// The version wadm deployed (`<spec version>-<digest>`).
+    #[must_use]
+    pub fn version(&self) -> &str {
+        self.manifest.version()
+    }
+
+    /// Whether this version was new to wadm, or held (and maybe deployed) already.
+    #[must_use]
+    pub fn stored(&self) -> Stored {
+        self.stored
+    }
+
+    /// The links that the host held with another config (an earlier version's) and that were
+    /// deleted for wadm to put them again with this version's.
+    #[must_use]
+    pub fn replaced_links(&self) -> &[ExpectedLink] {
+        &self.replaced
     }
 
     /// The pipeline's live counters.
@@ -137,8 +161,8 @@ impl SharedProviders {
         }
         let manifest = crate::manifest::render_shared_providers(name, lattice, &kinds);
         let wadm = WadmClient::new(nats.clone(), lattice);
-        wadm.put(&manifest.to_yaml()).await?;
-        wadm.deploy_and_wait(name, DEPLOY_TIMEOUT)
+        wadm.store(name, manifest.version(), &manifest.to_yaml()).await?;
+        wadm.deploy_and_wait(name, Some(manifest.version()), DEPLOY_TIMEOUT)
             .await
             .with_context(|| format!("shared providers `{name}` did not deploy"))?;
         Ok(Self {
@@ -155,4 +179,70 @@ impl SharedProviders {
             .await?;
         self.wadm.delete(&self.name).await
     }
+}
+
+/// Waits until the host on `lattice` holds every link of `manifest` as it asks: the right target
+/// and this version's config. wadm 0.21 puts a link only when the host has none (its link scaler
+/// leaves a link with other config alone), so a link the host holds with an earlier version's
+/// config is deleted here once, and wadm puts it again with this version's. Returns the links
+/// so replaced.
+pub async fn converge_links(
+    nats: &async_nats::Client,
+    lattice: &str,
+    manifest: &Manifest,
+    within: Duration,
+) -> anyhow::Result<Vec<ExpectedLink>> {
+    let ctl = wasmcloud_control_interface::ClientBuilder::new(nats.clone())
+        .lattice(lattice)
+        .build();
+    let wanted = manifest.links();
+    let deadline = tokio::time::Instant::now() + within;
+    let mut replaced: Vec<ExpectedLink> = Vec::new();
+    loop {
+        let held = ctl
+            .get_links()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot list the links of lattice `{lattice}`: {e}"))?
+            .into_data()
+            .unwrap_or_default();
+        let mut waiting = Vec::new();
+        for link in &wanted {
+            let Some(host) = held.iter().find(|h| {
+                h.source_id() == link.source_id
+                    && h.name() == link.name
+                    && h.wit_namespace() == link.namespace
+                    && h.wit_package() == link.package
+            }) else {
+                waiting.push(format!("{} -> {} (not put yet)", link.source_id, link.target));
+                continue;
+            };
+            let configs: Vec<&String> = host.source_config().iter().chain(host.target_config()).collect();
+            if held_as_wanted(host.target(), &configs, link) {
+                continue;
+            }
+            waiting.push(format!(
+                "{} -> {} (held with other config)",
+                link.source_id, link.target
+            ));
+            if !replaced.contains(link) {
+                tracing::info!(source = %link.source_id, target = %link.target, name = %link.name, "replacing a link held with an earlier version's config");
+                ctl.delete_link(&link.source_id, &link.name, &link.namespace, &link.package)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot delete link {} -> {}: {e}", link.source_id, link.target))?;
+                replaced.push(link.clone());
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(replaced);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("after {within:?}: {}", waiting.join("; "));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Whether a link the host holds (its target and config names) is the one `link` asks for.
+fn held_as_wanted(target: &str, configs: &[&String], link: &ExpectedLink) -> bool {
+    target == link.target && link.config.iter().all(|c| configs.contains(&c))
 }

@@ -10,7 +10,7 @@ use sluice_provider_core::wasmcloud::status_subject;
 use crate::manifest::Ids;
 
 /// Counters of one pipeline's two links.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Progress {
     /// The source link (source provider -> step), when the provider answered and has it.
     pub source: Option<LinkStatus>,

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use tokio::task::JoinSet;
 use wadm_types::api::{
-    DeleteModelRequest, DeployModelRequest, DeployModelResponse, DeployResult, PutModelResponse, PutResult,
-    StatusResponse, StatusResult, StatusType,
+    DeleteModelRequest, DeployModelRequest, DeployModelResponse, DeployResult, GetResult, ListModelsResponse,
+    ModelSummary, PutModelResponse, PutResult, StatusResponse, StatusResult, StatusType, VersionInfo, VersionResponse,
 };
 
 /// wadm running in this process; stopped when dropped.
@@ -39,6 +39,19 @@ impl EmbeddedWadm {
     pub async fn stop(mut self) {
         self.tasks.shutdown().await;
     }
+}
+
+/// What [`WadmClient::store`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// The application's first version: stored.
+    First,
+    /// A version wadm did not hold: stored next to the others.
+    New,
+    /// wadm held this version already, not deployed.
+    Held,
+    /// wadm held this version already, and it is the deployed one.
+    Deployed,
 }
 
 /// A client for wadm's API on one lattice.
@@ -87,6 +100,23 @@ impl WadmClient {
         }
     }
 
+    /// Stores `version` of application `name` (the manifest `yaml`) unless wadm holds it already.
+    pub async fn store(&self, name: &str, version: &str, yaml: &str) -> anyhow::Result<Stored> {
+        let versions = self.versions(name).await?;
+        Ok(match versions.iter().find(|v| v.version == version) {
+            Some(v) if v.deployed => Stored::Deployed,
+            Some(_) => Stored::Held,
+            None => {
+                self.put(yaml).await?;
+                if versions.is_empty() {
+                    Stored::First
+                } else {
+                    Stored::New
+                }
+            }
+        })
+    }
+
     /// Stores a manifest (YAML) as a new version; returns the application name.
     pub async fn put(&self, manifest_yaml: &str) -> anyhow::Result<String> {
         let reply: PutModelResponse = self
@@ -98,9 +128,32 @@ impl WadmClient {
         Ok(reply.name)
     }
 
-    /// Deploys the latest version of application `name`.
-    pub async fn deploy(&self, name: &str) -> anyhow::Result<()> {
-        let body = serde_json::to_vec(&DeployModelRequest { version: None })?;
+    /// The stored versions of application `name`, oldest first (none when wadm does not know it).
+    pub async fn versions(&self, name: &str) -> anyhow::Result<Vec<VersionInfo>> {
+        let reply: VersionResponse = self
+            .request(subject(&self.lattice, "versions", Some(name)), Vec::new())
+            .await?;
+        match reply.result {
+            GetResult::Success => Ok(reply.versions),
+            GetResult::NotFound => Ok(Vec::new()),
+            GetResult::Error => bail!("wadm could not list the versions of `{name}`: {}", reply.message),
+        }
+    }
+
+    /// Every application wadm holds on this lattice, with its status.
+    pub async fn list(&self) -> anyhow::Result<Vec<ModelSummary>> {
+        let reply: ListModelsResponse = self.request(subject(&self.lattice, "get", None), Vec::new()).await?;
+        match reply.result {
+            GetResult::Success | GetResult::NotFound => Ok(reply.models),
+            GetResult::Error => bail!("wadm could not list the applications: {}", reply.message),
+        }
+    }
+
+    /// Deploys `version` of application `name` (the latest when `None`).
+    pub async fn deploy(&self, name: &str, version: Option<&str>) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(&DeployModelRequest {
+            version: version.map(str::to_owned),
+        })?;
         let reply: DeployModelResponse = self.request(subject(&self.lattice, "deploy", Some(name)), body).await?;
         if reply.result != DeployResult::Acknowledged {
             bail!("wadm did not deploy `{name}`: {:?} {}", reply.result, reply.message);
@@ -139,15 +192,16 @@ impl WadmClient {
         }
     }
 
-    /// Deploys application `name` and waits until wadm reports it deployed. A wadm that has not
-    /// yet observed the lattice (its hosts' first events) does not act on a deploy, or reports it
-    /// `Failed` with no eligible host until the host's next heartbeat: while the application
-    /// stays `Undeployed` the deploy is sent again, and `Failed` is reported only at the deadline.
-    pub async fn deploy_and_wait(&self, name: &str, within: Duration) -> anyhow::Result<()> {
+    /// Deploys `version` of application `name` (the latest when `None`) and waits until wadm
+    /// reports it deployed. A wadm that has not yet observed the lattice (its hosts' first
+    /// events) does not act on a deploy, or reports it `Failed` with no eligible host until the
+    /// host's next heartbeat: while the application stays `Undeployed` the deploy is sent again,
+    /// and `Failed` is reported only at the deadline.
+    pub async fn deploy_and_wait(&self, name: &str, version: Option<&str>, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         let mut last = None;
         while Instant::now() < deadline {
-            self.deploy(name).await?;
+            self.deploy(name, version).await?;
             let resend = Instant::now() + Duration::from_secs(10);
             while Instant::now() < resend.min(deadline) {
                 let status = self.status(name).await?;

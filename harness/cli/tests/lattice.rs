@@ -5,6 +5,8 @@
 //! (aws-sdk-s3, rdkafka).
 
 mod common;
+#[path = "lattice/deploy.rs"]
+mod deploy;
 #[path = "lattice/examples.rs"]
 mod examples;
 #[path = "lattice/recovery.rs"]
@@ -150,6 +152,31 @@ async fn wait_s3(client: &aws_sdk_s3::Client, bucket: &str, wanted: &[String]) -
             return got;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Publishes a reading `probe-N` to `topic` every 2 s until one lands in `bucket`: the links are
+/// live (an MQTT subscription made after a publish does not get it). Fails after [`WAIT`] with
+/// the S3 server's log and `context()`.
+async fn probe_until_landed(mqtt: &Mosquitto, topic: &str, s3: &S3Server, bucket: &str, context: impl Fn() -> String) {
+    let client = s3.client();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for n in 0.. {
+        if s3_records(&client, bucket)
+            .await
+            .keys()
+            .any(|k| k.starts_with("probe-"))
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing reached S3 bucket {bucket} through the pipeline; seaweedfs log ends:\n{}\n{}",
+            s3.process().log_tail(30),
+            context()
+        );
+        publish(mqtt, topic, &format!("probe-{n}-"), 1);
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
@@ -548,29 +575,12 @@ async fn sluice_run_deploys_to_an_existing_lattice_and_undeploys_on_ctrl_c() {
 
     // The links go live once wadm has reconciled and the host has put them: probe until a
     // reading comes through, then every reading published must land.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !s3_records(&client, "existing")
-        .await
-        .keys()
-        .any(|k| k.starts_with("probe-"))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing reached S3 through the pipeline; seaweedfs log ends:\n{}\nsluice run: {}",
-            s3.process().log_tail(30),
-            std::fs::read_to_string(dir.join("run.out"))
-                .unwrap_or_default()
-                .chars()
-                .rev()
-                .take(600)
-                .collect::<String>()
-                .chars()
-                .rev()
-                .collect::<String>()
-        );
-        publish(&mqtt, "existing/plant-e", "probe-", 1);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    probe_until_landed(&mqtt, "existing/plant-e", &s3, "existing", || {
+        let out = std::fs::read_to_string(dir.join("run.out")).unwrap_or_default();
+        let tail: String = out.chars().skip(out.chars().count().saturating_sub(600)).collect();
+        format!("sluice run: {tail}")
+    })
+    .await;
     let n = 100;
     let wanted = expected("existing-", n);
     publish(&mqtt, "existing/plant-e", "existing-", n);

@@ -130,6 +130,58 @@ fn swapping_the_sink_changes_the_sink_only() {
     assert_ne!(component(&a, "step").traits, component(&b, "step").traits);
 }
 
+#[test]
+fn every_change_is_a_new_version_and_a_changed_link_config_gets_a_new_name() {
+    let spec = PipelineSpec::parse(&mqtt_to_s3()).unwrap();
+    let other_bucket = PipelineSpec::parse(&mqtt_to_s3().replace("bucket: sensors", "bucket: archive")).unwrap();
+    let images = Images::under(DEFAULT_ARTIFACTS, &spec);
+    let (a, again, b) = (
+        render(&spec, &images),
+        render(&spec, &images),
+        render(&other_bucket, &images),
+    );
+    // The same spec is the same version; wadm refuses to store a version twice, so a changed
+    // spec must be another one.
+    assert_eq!(a.version(), again.version());
+    assert_ne!(a.version(), b.version());
+    assert!(
+        a.version().starts_with(&format!("{}-", spec.version)),
+        "{}",
+        a.version()
+    );
+
+    // Both links, as the host will hold them: wadm prefixes config names with the application.
+    let links = a.links();
+    assert_eq!(links.len(), 2, "{links:?}");
+    let ingest = links.iter().find(|l| l.source_id == "sensors-to-s3-source").unwrap();
+    assert_eq!(ingest.target, "sensors-to-s3-step");
+    assert_eq!(ingest.name, "sensors-to-s3");
+    assert_eq!(
+        (ingest.namespace.as_str(), ingest.package.as_str()),
+        ("sluice", "pipeline")
+    );
+    let sink = links.iter().find(|l| l.source_id == "sensors-to-s3-step").unwrap();
+    assert_eq!(
+        (sink.target.as_str(), sink.name.as_str()),
+        ("sensors-to-s3-sink", "default")
+    );
+    assert_eq!(sink.config.len(), 1);
+    assert!(
+        sink.config[0].starts_with("sensors_to_s3-sensors_to_s3_sink_"),
+        "{:?}",
+        sink.config
+    );
+
+    // Another bucket: the sink link's config has another name, the source link's the same.
+    let changed = b.links();
+    let changed_sink = changed.iter().find(|l| l.source_id == "sensors-to-s3-step").unwrap();
+    assert_ne!(changed_sink.config, sink.config);
+    assert_eq!(
+        changed.iter().find(|l| l.source_id == "sensors-to-s3-source"),
+        Some(ingest)
+    );
+}
+
 fn refused(yaml: &str) -> (String, String) {
     match PipelineSpec::parse(yaml) {
         Err(SpecError::Field { path, expected }) => (path, expected),

@@ -1,11 +1,15 @@
 //! `sluice`: compose pipeline steps, scaffold customer logic, render pipeline specs as wadm
-//! manifests and run them. Each subcommand lives in its own module; this file only parses and
+//! manifests, run them locally, and deploy, watch and undeploy them on a lattice. Each subcommand lives in its own module; this file only parses and
 //! dispatches.
 
 mod compose;
+mod deploy;
+mod lattice;
 mod new;
 mod render;
 mod run;
+mod status;
+mod undeploy;
 
 use std::process::ExitCode;
 
@@ -30,6 +34,12 @@ enum Command {
     Render(render::Args),
     /// Run a pipeline on a local lattice (embedded wasmCloud host and wadm) until Ctrl-C.
     Run(run::Args),
+    /// Deploy a pipeline through wadm on its lattice (a new version when the spec changed).
+    Deploy(deploy::Args),
+    /// Undeploy a pipeline through wadm.
+    Undeploy(undeploy::Args),
+    /// Show a pipeline's status and link counters, or list a lattice's applications.
+    Status(status::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +48,9 @@ fn main() -> ExitCode {
         Command::New(what) => new::run(what),
         Command::Render(args) => render::run(args),
         Command::Run(args) => run::run(args),
+        Command::Deploy(args) => deploy::run(args),
+        Command::Undeploy(args) => undeploy::run(args),
+        Command::Status(args) => status::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

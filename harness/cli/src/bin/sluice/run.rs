@@ -15,8 +15,7 @@ use sluice_deploy::pipeline::Deployment;
 use sluice_deploy::secrets::SecretEntry;
 use sluice_deploy::spec::PipelineSpec;
 
-/// Where a local nats-server is looked for before one is started.
-const LOCAL_NATS: &str = "nats://127.0.0.1:4222";
+use crate::lattice::LOCAL_NATS;
 
 /// `sluice run` options.
 #[derive(Debug, clap::Args)]
@@ -33,24 +32,12 @@ pub struct Args {
     #[arg(long = "secret", value_name = "NAME=VALUE")]
     secrets: Vec<String>,
     /// Stop after this long instead of waiting for Ctrl-C (e.g. `30s`).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = sluice_provider_core::config::parse_duration)]
     duration: Option<Duration>,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("expected e.g. `30s`, found `{text}`"))?;
-    match unit {
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "ms" => Ok(Duration::from_millis(n)),
-        _ => Err(format!("expected a unit of ms, s or m, found `{unit}`")),
-    }
-}
-
-fn default_par_dir() -> PathBuf {
+/// `<target dir>/par`, where `cargo xtask par` writes the provider archives.
+pub fn default_par_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| PathBuf::from("target"), PathBuf::from)
         .join("par")
@@ -58,11 +45,7 @@ fn default_par_dir() -> PathBuf {
 
 /// Runs the pipeline until Ctrl-C (or `--duration`).
 pub fn run(args: Args) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    tokio::runtime::Runtime::new()?.block_on(run_async(args))
+    crate::lattice::runtime()?.block_on(run_async(args))
 }
 
 async fn local_nats_answers() -> bool {
