@@ -17,6 +17,13 @@ pub const SECRETS_TOPIC_PREFIX: &str = "wasmcloud.secrets";
 /// The embedded host's deadline for one component invocation (`--max-execution-time-ms`).
 pub const MAX_EXECUTION_TIME: Duration = Duration::from_secs(60);
 
+/// How long the embedded host waits for a provider to shut down before it kills it
+/// (`WASMCLOUD_PROV_SHUTDOWN_DELAY_MS`): long enough for every link to drain.
+pub const PROVIDER_SHUTDOWN_DELAY: Duration = Duration::from_secs(30);
+
+/// What a stock `wasmcloud` / `wash up` host gives a provider to shut down before it kills it.
+pub const STOCK_PROVIDER_SHUTDOWN_DELAY: Duration = Duration::from_millis(300);
+
 type Shutdown = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// A running host. Stop it with [`EmbeddedHost::stop`], which stops its providers and components.
@@ -39,7 +46,14 @@ impl std::fmt::Debug for EmbeddedHost {
 impl EmbeddedHost {
     /// Starts a host on `lattice` through the NATS server at `nats_url`, allowing `file://`
     /// providers and components, asking the secrets backend under [`SECRETS_TOPIC_PREFIX`].
+    /// Providers get [`PROVIDER_SHUTDOWN_DELAY`] to shut down.
     pub async fn start(nats_url: &str, lattice: &str) -> anyhow::Result<Self> {
+        Self::start_with_shutdown_delay(nats_url, lattice, PROVIDER_SHUTDOWN_DELAY).await
+    }
+
+    /// Like [`EmbeddedHost::start`], giving providers `delay` to shut down before they are
+    /// killed ([`STOCK_PROVIDER_SHUTDOWN_DELAY`] to behave as a stock host).
+    pub async fn start_with_shutdown_delay(nats_url: &str, lattice: &str, delay: Duration) -> anyhow::Result<Self> {
         let url = Url::parse(nats_url).with_context(|| format!("invalid NATS URL `{nats_url}`"))?;
         let key = Arc::new(KeyPair::new_server());
         let id = key.public_key();
@@ -54,7 +68,7 @@ impl EmbeddedHost {
             // An invocation that never ends holds one of the step's instances until this
             // deadline (a stock host's is 10 minutes): a minute is far beyond any batch's work.
             max_execution_time: MAX_EXECUTION_TIME,
-            provider_shutdown_delay: Some(Duration::from_secs(30)),
+            provider_shutdown_delay: Some(delay),
             heartbeat_interval: Some(Duration::from_secs(5)),
             version: "1.9.2".into(),
             // Providers log at this level (their output goes to this process's stderr).

@@ -64,7 +64,18 @@ impl LocalLattice {
 
     /// Starts an embedded host on `lattice` and returns its id.
     pub async fn add_host(&mut self, lattice: &str) -> anyhow::Result<String> {
-        let host = EmbeddedHost::start(&self.nats_url, lattice).await?;
+        self.add_host_with_shutdown_delay(lattice, crate::host::PROVIDER_SHUTDOWN_DELAY)
+            .await
+    }
+
+    /// Like [`LocalLattice::add_host`], for a host that kills a provider `delay` after asking
+    /// it to shut down.
+    pub async fn add_host_with_shutdown_delay(
+        &mut self,
+        lattice: &str,
+        delay: std::time::Duration,
+    ) -> anyhow::Result<String> {
+        let host = EmbeddedHost::start_with_shutdown_delay(&self.nats_url, lattice, delay).await?;
         let id = host.id().to_string();
         self.hosts.push(host);
         Ok(id)

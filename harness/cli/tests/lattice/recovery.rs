@@ -574,3 +574,72 @@ async fn nothing_sluice_run_started_outlives_it_after_sigterm_or_sigkill() {
         );
     }
 }
+
+/// A host configured as a stock one gives a provider 300 ms to shut down, then kills it: the
+/// pipeline undeployed mid-stream (links deleted, providers stopped) and deployed again loses no
+/// reading, and what comes twice is at most what was read and not yet acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn undeployed_mid_stream_on_a_stock_host_and_redeployed_nothing_is_lost() {
+    use sluice_deploy::host::STOCK_PROVIDER_SHUTDOWN_DELAY;
+    sluice_integration::init_tracing();
+    let _permit = LATTICES.acquire().await.unwrap();
+    let (par, dir) = (archives().await, pipeline_dir());
+    let (mqtt, s3) = (Mosquitto::start().unwrap(), S3Server::start().unwrap());
+    let client = s3.client();
+    s3.create_bucket("stock").await.unwrap();
+    let mut lattice = LocalLattice::start(None).await.unwrap();
+    let host = lattice
+        .add_host_with_shutdown_delay("stock-u", STOCK_PROVIDER_SHUTDOWN_DELAY)
+        .await
+        .unwrap();
+    lattice
+        .serve_secrets("nats-kv", secrets("stock-to-s3", &s3, "customer-a"))
+        .await
+        .unwrap();
+    let spec = PipelineSpec::parse(&mqtt_to_s3("stock-to-s3", "stock-u", &mqtt, &s3, "stock/#", "stock")).unwrap();
+    let deployment = Deployment::start(lattice.nats(), &spec, &par, &dir).await.unwrap();
+    deployment.wait_linked(WAIT).await.unwrap();
+
+    let n = 4000;
+    let publisher = publish_paced(&mqtt, "stock/line-1", "u-", n, 40, Duration::from_millis(150));
+    assert!(
+        moving(&deployment, "sink", 200, WAIT).await,
+        "nothing moved before the undeploy"
+    );
+    let undeploying = Instant::now();
+    let before = deployment.progress().await;
+    deployment.undeploy().await.unwrap();
+    let undeployed_after = undeploying.elapsed();
+    // Readings keep arriving while nothing runs: the broker keeps them for the MQTT session.
+    let deadline = Instant::now() + WAIT;
+    while ["sluice-provider-mqtt", "sluice-provider-s3"]
+        .iter()
+        .any(|p| provider_pid(&host, p).is_some())
+    {
+        assert!(Instant::now() < deadline, "the providers still run after the undeploy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let deployment = Deployment::start(lattice.nats(), &spec, &par, &dir).await.unwrap();
+    deployment.wait_linked(WAIT).await.unwrap();
+    publisher.await.unwrap();
+    let wanted = expected("u-", n);
+    let got = wait_s3(&client, "stock", &wanted).await;
+    let context = format!(
+        "before the undeploy: {before}; now: {}; seaweedfs log ends:\n{}",
+        deployment.progress().await,
+        s3.process().log_tail(30)
+    );
+    let duplicated = assert_landed(
+        "undeployed mid-stream on a stock host (300 ms shutdown delay) and redeployed",
+        &got,
+        &wanted,
+        context,
+    );
+    eprintln!("undeploy took {undeployed_after:?}; before it: {before}");
+    let window = RunnerSettings::default().max_unacknowledged();
+    assert!(duplicated <= window, "{duplicated} readings duplicated");
+    deployment.undeploy().await.unwrap();
+    lattice.stop().await.unwrap();
+}
