@@ -132,7 +132,10 @@ impl Log {
 
     pub(crate) fn append(&mut self, batch: &[crate::Message], now_ms: u64) -> Result<(), BufferError> {
         let max = self.options.max_bytes;
-        let encoded = frame::encode(batch, now_ms).ok_or(BufferError::TooLarge { needed: u64::MAX, max })?;
+        let encoded = frame::encode(batch, now_ms).ok_or_else(|| BufferError::TooLarge {
+            needed: (frame::HEADER + 8 + crate::codec::encoded_len(batch)) as u64,
+            max,
+        })?;
         let needed = encoded.bytes.len() as u64;
         if needed > max {
             return Err(BufferError::TooLarge { needed, max });
