@@ -62,7 +62,7 @@ pub struct MetricsSnapshot {
     /// Sink batches that failed (answered `retry` or `reject`).
     pub write_failures: u64,
     /// Sink calls answered `retry`, or requests answered "busy", because the link was at its
-    /// concurrency limit.
+    /// concurrency limit (or its disk buffer was full, with `buffer_full = "block"`).
     pub busy: u64,
     /// Batches being delivered or written right now.
     pub in_flight: u64,
