@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::ConfigReader;
+use crate::config::{ConfigError, ConfigReader};
 use crate::link::{keep_opening, open_with_retry, LinkError, LinkErrorReason, LinkKey, LinkSpec, Role};
 use crate::metrics::{LinkHealth, LinkMetrics, MetricsSnapshot};
 use crate::sink::{SinkConnector, SinkLink, SinkSettings};
@@ -252,8 +252,13 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             .parse_config(&reader_config)
             .map_err(|e| self.refuse(Role::Sink, &key, e.into()))?;
         Self::warn_unread(Role::Sink, &key, &reader_config);
+        let buffer = settings.buffer.clone();
         let link = Arc::new(SinkLink::new(settings));
-        let replace_first = K::EXCLUSIVE && read_lock(&self.sinks).contains_key(&key);
+        // A buffer directory is the link's alone (its lock says so): a buffered link, or one
+        // replacing a buffered link, closes the old one first as an exclusive connector does.
+        let replace_first = read_lock(&self.sinks)
+            .get(&key)
+            .is_some_and(|old| K::EXCLUSIVE || buffer.is_some() || old.buffer.get().is_some());
         if replace_first {
             match open_with_retry(&key, Role::Sink, || self.sink.check(&key, &config)).await {
                 Err(error) if !error.is_transient() => {
@@ -267,6 +272,13 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
                 if let Err(err) = old.drain().await {
                     warn!(component = %key.component, link = %key.name, error = %err, "closing the replaced sink failed");
                 }
+            }
+        }
+        if let Some(options) = &buffer {
+            if let Err(err) = link.start_buffer(&key, options).await {
+                self.forget_new_sink(&key, &link, replace_first);
+                let reason = ConfigError::invalid("buffer_dir", format!("cannot open the sink buffer: {err}"));
+                return Err(self.refuse(Role::Sink, &key, reason.into()));
             }
         }
         match open_with_retry(&key, Role::Sink, || check_and_open(&*self.sink, &key, &config)).await {
@@ -284,11 +296,9 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
                 ));
             }
             Err(error) => {
-                if replace_first {
-                    let mut sinks = write_lock(&self.sinks);
-                    if sinks.get(&key).is_some_and(|l| Arc::ptr_eq(l, &link)) {
-                        sinks.remove(&key);
-                    }
+                self.forget_new_sink(&key, &link, replace_first);
+                if let Err(err) = link.drain().await {
+                    warn!(component = %key.component, link = %key.name, error = %err, "closing the refused sink failed");
                 }
                 return Err(self.refuse(Role::Sink, &key, LinkErrorReason::Open(error)));
             }
@@ -304,8 +314,21 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         Ok(())
     }
 
-    /// Stops a sink link: new writes are refused, running writes finish, the writer flushes.
-    /// `false` if there was no such link.
+    /// Takes a sink link that is being refused out of the table, if it was put there to replace
+    /// an old one first.
+    fn forget_new_sink(&self, key: &LinkKey, link: &Arc<SinkLink<K::Writer>>, replace_first: bool) {
+        if replace_first {
+            let mut sinks = write_lock(&self.sinks);
+            if sinks.get(key).is_some_and(|l| Arc::ptr_eq(l, link)) {
+                sinks.remove(key);
+            }
+        }
+    }
+
+    /// Stops a sink link: new writes are refused, running writes finish, a buffered link's
+    /// drainer writes what it can within [`FINAL_DRAIN`](crate::buffer::FINAL_DRAIN)
+    /// (the rest stays on disk for the next put), the writer flushes. `false` if there was no
+    /// such link.
     pub async fn delete_sink_link(&self, key: &LinkKey) -> bool {
         lock(&self.refused).remove(&(Role::Sink, key.clone()));
         let Some(link) = write_lock(&self.sinks).remove(key) else {
@@ -782,5 +805,269 @@ mod tests {
             1,
             "never two writers of the link at once"
         );
+    }
+
+    fn buffered(dir: &std::path::Path, extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, String)> {
+        let mut config = vec![
+            ("label", "b".to_string()),
+            ("buffer", "disk".to_string()),
+            ("buffer_dir", dir.display().to_string()),
+        ];
+        config.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        config
+    }
+
+    async fn put_buffered(
+        engine: &Engine<MemorySource, MemorySink>,
+        key: &LinkKey,
+        config: &[(&'static str, String)],
+    ) -> Result<(), LinkError> {
+        let config = config.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        engine.put_sink_link(LinkSpec::new(key.clone(), config)).await
+    }
+
+    /// The records the sink got, in order, with duplicates (at-least-once) removed.
+    fn delivered(sink: &MemorySink) -> Vec<Message> {
+        let mut seen = std::collections::HashSet::new();
+        sink.written()
+            .into_iter()
+            .flat_map(|(_, batch)| batch)
+            .filter(|m| seen.insert(m.payload.clone()))
+            .collect()
+    }
+
+    async fn sink_until(sink: &MemorySink, done: impl Fn(&MemorySink) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        while tokio::time::Instant::now() < deadline {
+            if done(sink) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        done(sink)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_buffered_sink_takes_writes_while_down_and_delivers_them_in_order_once_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Setup::new();
+        s.sink.set_down(Some("503 from the sink"));
+        let key = LinkKey::new("edge", "default");
+        put_buffered(&s.engine, &key, &buffered(dir.path(), &[])).await.unwrap();
+        let mut expected = Vec::new();
+        for i in 0..30 {
+            let batch = records(&format!("b{i}"), 4);
+            expected.extend(batch.clone());
+            s.engine
+                .write("edge", "default", batch)
+                .await
+                .expect("acknowledged while the sink is down");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(s.sink.written().is_empty());
+        let metrics = s.engine.status().links[0].metrics;
+        assert_eq!(metrics.buffered_records, 120, "{metrics:?}");
+        assert!(metrics.buffered_bytes > 0 && metrics.fsyncs >= 30, "{metrics:?}");
+        assert!(metrics.write_failures > 0, "the drainer tried: {metrics:?}");
+
+        s.sink.set_down(None);
+        assert!(
+            sink_until(&s.sink, |sink| delivered(sink).len() == 120).await,
+            "delivered {} of 120",
+            delivered(&s.sink).len()
+        );
+        assert_eq!(delivered(&s.sink), expected, "in write order");
+        assert!(
+            status_until(&s.engine, |st| st.links[0].metrics.buffered_records == 0
+                && st.links[0].metrics.buffer_drained == 120)
+            .await,
+            "{:?}",
+            s.engine.status()
+        );
+        // Status serializes the buffer counters with the others.
+        let json = serde_json::to_string(&s.engine.status()).unwrap();
+        for field in [
+            "buffered_bytes",
+            "buffered_records",
+            "buffer_oldest_age_ms",
+            "buffer_drained",
+            "buffer_dropped",
+            "fsyncs",
+        ] {
+            assert!(json.contains(field), "{field} missing from {json}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_blocking_buffer_answers_retry_and_drop_oldest_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Setup::new();
+        s.sink.set_down(Some("down"));
+        let key = LinkKey::new("full", "default");
+        let small = [("buffer_max_bytes", "2KiB"), ("slot_wait", "50ms")];
+        put_buffered(&s.engine, &key, &buffered(dir.path(), &small))
+            .await
+            .unwrap();
+        let mut answers = Vec::new();
+        for i in 0..30 {
+            answers.push(s.engine.write("full", "default", records(&format!("f{i}"), 2)).await);
+        }
+        let accepted = answers.iter().take_while(|a| a.is_ok()).count();
+        assert!(accepted > 0 && accepted < 30, "{accepted} accepted");
+        match &answers[accepted] {
+            Err(Failure::Retry(reason)) => assert!(reason.starts_with("sink buffer full: "), "{reason}"),
+            other => panic!("expected retry when full, got {other:?}"),
+        }
+        assert!(
+            answers[accepted..].iter().all(Result::is_err),
+            "nothing fits until the sink drains"
+        );
+        s.sink.set_down(None);
+        assert!(sink_until(&s.sink, |sink| delivered(sink).len() == accepted * 2).await);
+        s.engine
+            .write("full", "default", records("after", 2))
+            .await
+            .expect("room again");
+        assert!(sink_until(&s.sink, |sink| delivered(sink).len() == accepted * 2 + 2).await);
+
+        let key = LinkKey::new("lossy", "default");
+        s.sink.set_down(Some("down"));
+        let lossy = [("buffer_max_bytes", "2KiB"), ("buffer_full", "drop_oldest")];
+        put_buffered(&s.engine, &key, &buffered(dir.path(), &lossy))
+            .await
+            .unwrap();
+        for i in 0..30 {
+            s.engine
+                .write("lossy", "default", records(&format!("l{i}"), 2))
+                .await
+                .expect("never refused");
+        }
+        let status = s.engine.status();
+        let metrics = status.links.iter().find(|l| l.component == "lossy").unwrap().metrics;
+        assert_eq!(metrics.buffer_dropped + metrics.buffered_records, 60, "{metrics:?}");
+        assert!(metrics.buffer_dropped > 0, "{metrics:?}");
+        let kept = metrics.buffered_records as usize;
+        let before = delivered(&s.sink).len();
+        s.sink.set_down(None);
+        let newest: Vec<Message> = (30 - kept / 2..30).flat_map(|i| records(&format!("l{i}"), 2)).collect();
+        assert!(sink_until(&s.sink, |sink| delivered(sink).ends_with(&newest)).await);
+        // The batch the drainer was already writing when it was dropped may still arrive.
+        let got = delivered(&s.sink)[before..].to_vec();
+        let in_hand = records("l0", 2);
+        assert!(
+            got == newest || (got[..2] == in_hand[..] && got[2..] == newest[..]),
+            "the oldest were dropped: {got:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_disk_buffer_without_buffer_dir_is_refused_by_key_and_link() {
+        let s = Setup::new();
+        let key = LinkKey::new("edge-cfg", "orders");
+        let err = s
+            .put_sink(&key, &[("label", "x"), ("buffer", "disk")])
+            .await
+            .unwrap_err()
+            .to_string();
+        for needle in ["buffer_dir", "edge-cfg", "orders"] {
+            assert!(err.contains(needle), "`{needle}` missing from: {err}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deleted_buffered_link_keeps_what_it_could_not_write_for_the_next_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Setup::new();
+        s.sink.set_down(Some("down"));
+        let key = LinkKey::new("edge-del", "default");
+        let config = buffered(dir.path(), &[]);
+        put_buffered(&s.engine, &key, &config).await.unwrap();
+        let expected = records("kept", 5);
+        s.engine.write("edge-del", "default", expected.clone()).await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(s.engine.delete_sink_link(&key).await);
+        assert!(started.elapsed() < crate::buffer::FINAL_DRAIN + Duration::from_secs(2));
+        assert!(s.sink.written().is_empty());
+
+        s.sink.set_down(None);
+        put_buffered(&s.engine, &key, &config).await.unwrap();
+        assert!(
+            sink_until(&s.sink, |sink| delivered(sink) == expected).await,
+            "{:?}",
+            s.sink.written()
+        );
+        // Re-put while running: the old link lets go of the buffer before the new one opens it.
+        put_buffered(&s.engine, &key, &config).await.unwrap();
+        s.engine.write("edge-del", "default", records("more", 1)).await.unwrap();
+        assert!(sink_until(&s.sink, |sink| delivered(sink).len() == 6).await);
+    }
+
+    /// A kill -9: the engine's runtime is dropped with the sink down, so its drainers stop
+    /// where they are and nothing is drained or closed; a new engine over the same
+    /// `buffer_dir` delivers every acknowledged record.
+    #[test]
+    fn a_killed_engine_loses_no_acknowledged_write() {
+        let runtime = || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let key = LinkKey::new("edge-kill", "default");
+        let config = buffered(dir.path(), &[("buffer_max_bytes", "64KiB")]);
+        let sink = MemorySink::default();
+        sink.set_down(Some("down"));
+        let mut acknowledged = Vec::new();
+        {
+            let rt = runtime();
+            let engine = Engine::new(MemorySource::default(), sink.clone());
+            rt.block_on(async {
+                put_buffered(&engine, &key, &config).await.unwrap();
+                // Some batches reach the sink, then it goes down and the rest wait in the buffer.
+                sink.set_down(None);
+                for i in 0..40 {
+                    if i == 10 {
+                        sink.set_down(Some("down"));
+                    }
+                    let batch = records(&format!("k{i}"), 3);
+                    if engine.write("edge-kill", "default", batch.clone()).await.is_ok() {
+                        acknowledged.extend(batch);
+                    }
+                }
+            });
+            drop(rt);
+        }
+        assert!(acknowledged.len() >= 60, "{} acknowledged", acknowledged.len());
+        // A torn write at the moment of the kill.
+        let last = std::fs::read_dir(key.dir_in(dir.path()))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .max()
+            .unwrap();
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(last)
+            .unwrap()
+            .write_all(&[9, 0, 0, 0, 1])
+            .unwrap();
+
+        sink.set_down(None);
+        let rt = runtime();
+        let engine = Engine::new(MemorySource::default(), sink.clone());
+        rt.block_on(async {
+            put_buffered(&engine, &key, &config).await.unwrap();
+            assert!(
+                sink_until(&sink, |sink| delivered(sink).len() == acknowledged.len()).await,
+                "{} of {} delivered",
+                delivered(&sink).len(),
+                acknowledged.len()
+            );
+            assert_eq!(delivered(&sink), acknowledged, "every acknowledged record, in order");
+            engine.shutdown().await;
+        });
     }
 }

@@ -12,6 +12,8 @@
 //! standalone wRPC service unchanged.
 
 pub mod backoff;
+pub mod buffer;
+pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod link;

@@ -50,6 +50,38 @@ impl LinkKey {
     }
 }
 
+impl LinkKey {
+    /// This link's own directory under `root`: `root/<component>/<name>`, each part
+    /// [percent-encoded](path_segment) so that every link gets a distinct directory.
+    #[must_use]
+    pub fn dir_in(&self, root: &std::path::Path) -> std::path::PathBuf {
+        root.join(path_segment(&self.component)).join(path_segment(&self.name))
+    }
+}
+
+/// `text` as one file name: bytes outside `A-Z a-z 0-9 - _ .` are percent-encoded (`/` is `%2F`,
+/// `%` is `%25`), so two different texts never share a name; an empty text is `%`, and `.` and
+/// `..` are `%2E` and `%2E%2E`.
+#[must_use]
+pub fn path_segment(text: &str) -> String {
+    use fmt::Write as _;
+    if text.is_empty() {
+        return "%".into();
+    }
+    if text.bytes().all(|b| b == b'.') {
+        return "%2E".repeat(text.len());
+    }
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 impl fmt::Display for LinkKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "link `{}` of component `{}`", self.name, self.component)
@@ -184,6 +216,19 @@ mod tests {
         })
         .await;
         (result, calls.load(Ordering::SeqCst))
+    }
+
+    #[test]
+    fn link_directories_are_one_segment_each_and_distinct() {
+        let root = std::path::Path::new("buffers");
+        let dir = LinkKey::new("my/comp onent", "default").dir_in(root);
+        assert_eq!(dir, root.join("my%2Fcomp%20onent").join("default"));
+        let names = ["a/b", "a_b", "a%2Fb", "", ".", "..", "é"];
+        let segments: std::collections::HashSet<String> = names.iter().map(|n| path_segment(n)).collect();
+        assert_eq!(segments.len(), names.len(), "{segments:?}");
+        for segment in &segments {
+            assert!(!segment.is_empty() && segment != "." && segment != ".." && !segment.contains('/'));
+        }
     }
 
     #[tokio::test]

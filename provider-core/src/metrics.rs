@@ -31,6 +31,14 @@ pub struct LinkMetrics {
     pub(crate) write_failures: AtomicU64,
     pub(crate) busy: AtomicU64,
     pub(crate) in_flight: AtomicU64,
+    pub(crate) buffered_bytes: AtomicU64,
+    pub(crate) buffered_records: AtomicU64,
+    /// When the oldest buffered batch was appended (Unix ms; 0 when the buffer is empty).
+    pub(crate) buffer_oldest_ms: AtomicU64,
+    pub(crate) buffer_drained: AtomicU64,
+    pub(crate) buffer_dropped: AtomicU64,
+    pub(crate) buffer_rejected: AtomicU64,
+    pub(crate) fsyncs: AtomicU64,
     health: Mutex<LinkHealth>,
 }
 
@@ -54,10 +62,35 @@ pub struct MetricsSnapshot {
     /// Sink batches that failed (answered `retry` or `reject`).
     pub write_failures: u64,
     /// Sink calls answered `retry`, or requests answered "busy", because the link was at its
-    /// concurrency limit.
+    /// concurrency limit (or its disk buffer was full, with `buffer_full = "block"`).
     pub busy: u64,
     /// Batches being delivered or written right now.
     pub in_flight: u64,
+    /// Sink links with `buffer = "disk"`: bytes of batches in the buffer not yet drained.
+    #[serde(default)]
+    pub buffered_bytes: u64,
+    /// Records in the buffer not yet drained.
+    #[serde(default)]
+    pub buffered_records: u64,
+    /// How long ago the oldest batch not yet drained was appended, in milliseconds (0 when the
+    /// buffer is empty).
+    #[serde(default)]
+    pub buffer_oldest_age_ms: u64,
+    /// Records taken out of the buffer because the sink wrote (or rejected) them.
+    #[serde(default)]
+    pub buffer_drained: u64,
+    /// Records dropped from the buffer unwritten: `buffer_full = "drop_oldest"`, `buffer_max_age`,
+    /// or a batch that no longer reads back.
+    #[serde(default)]
+    pub buffer_dropped: u64,
+    /// Buffered records the sink rejected. Their writes were already answered success, so the
+    /// rejection can no longer reach the caller: they are logged with their origins and counted.
+    #[serde(default)]
+    pub buffer_rejected: u64,
+    /// fsync calls of the buffer (one per appended batch, one per drained-position update, and
+    /// one per new segment).
+    #[serde(default)]
+    pub fsyncs: u64,
 }
 
 impl LinkMetrics {
@@ -75,6 +108,16 @@ impl LinkMetrics {
             write_failures: self.write_failures.load(Relaxed),
             busy: self.busy.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
+            buffered_bytes: self.buffered_bytes.load(Relaxed),
+            buffered_records: self.buffered_records.load(Relaxed),
+            buffer_oldest_age_ms: match self.buffer_oldest_ms.load(Relaxed) {
+                0 => 0,
+                oldest => unix_ms().saturating_sub(oldest),
+            },
+            buffer_drained: self.buffer_drained.load(Relaxed),
+            buffer_dropped: self.buffer_dropped.load(Relaxed),
+            buffer_rejected: self.buffer_rejected.load(Relaxed),
+            fsyncs: self.fsyncs.load(Relaxed),
         }
     }
 
@@ -94,6 +137,13 @@ impl LinkMetrics {
     pub(crate) fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Relaxed);
     }
+}
+
+/// The time now, in Unix milliseconds.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Increments the in-flight gauge for as long as it lives.

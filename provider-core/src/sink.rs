@@ -2,16 +2,18 @@
 //! calling component's own link and bounds how many writes a link runs at once.
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::buffer::{drainer, BufferError, BufferOptions, DiskBuffer};
 use crate::config::{ConfigError, ConfigReader};
 use crate::link::LinkKey;
 use crate::metrics::{LinkHealth, LinkMetrics};
-use crate::{ConnectorError, Failure, Message};
+use crate::{ConnectorError, Failure, Message, Rejected};
 
 /// A sink system, as a connector sees it: how to read a link's config and open a writer.
 pub trait SinkConnector: Send + Sync + 'static {
@@ -74,6 +76,10 @@ pub struct SinkSettings {
     /// host and the step, and comes back only after the source's backoff. Keep it below the
     /// sources' `deliver_timeout` (5s; 2s for HTTP).
     pub slot_wait: Duration,
+    /// `buffer = "disk"` and its `buffer_*` keys: writes are answered once the batch is in a
+    /// durable local buffer, which a background task drains into the sink (see
+    /// [`crate::buffer`]). `None` (`buffer = "none"`, the default): writes go straight to the sink.
+    pub buffer: Option<BufferOptions>,
 }
 
 impl SinkSettings {
@@ -82,6 +88,7 @@ impl SinkSettings {
         Ok(Self {
             max_concurrent_writes: config.positive_or("max_concurrent_writes", 4)?,
             slot_wait: config.duration_or("slot_wait", Duration::from_secs(1))?,
+            buffer: BufferOptions::from_config(config)?,
         })
     }
 }
@@ -92,8 +99,12 @@ pub(crate) struct SinkLink<W> {
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) settings: SinkSettings,
     pub(crate) metrics: Arc<LinkMetrics>,
-    /// Cancels the background opening of a degraded link.
+    /// Cancels the background opening of a degraded link, and ends its drainer.
     pub(crate) stop: CancellationToken,
+    /// The link's disk buffer, once opened (`buffer = "disk"`).
+    pub(crate) buffer: OnceLock<Arc<DiskBuffer>>,
+    /// The task draining `buffer`.
+    drainer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl<W: SinkWriter> SinkLink<W> {
@@ -105,27 +116,109 @@ impl<W: SinkWriter> SinkLink<W> {
             settings,
             metrics: Arc::new(LinkMetrics::default()),
             stop: CancellationToken::new(),
+            buffer: OnceLock::new(),
+            drainer: Mutex::new(None),
         }
     }
 
-    /// Writes a batch if the link is open and a slot is free within `slot_wait`, else answers
-    /// `retry`.
+    /// Opens the link's disk buffer in `options.dir` (recovering what an earlier run left) and
+    /// starts draining it into the writer, once there is one.
+    pub(crate) async fn start_buffer(
+        self: &Arc<Self>,
+        key: &LinkKey,
+        options: &BufferOptions,
+    ) -> Result<(), BufferError> {
+        let dir = key.dir_in(&options.dir);
+        let (opts, metrics) = (options.clone(), Arc::clone(&self.metrics));
+        let (buffer, recovered) = tokio::task::spawn_blocking(move || DiskBuffer::open(dir, &opts, metrics))
+            .await
+            .unwrap_or(Err(BufferError::Closed))?;
+        if recovered.batches > 0 || recovered.torn_bytes > 0 || recovered.corrupt_frames > 0 {
+            tracing::info!(component = %key.component, link = %key.name, ?recovered, "replaying the sink buffer");
+        }
+        let buffer = Arc::new(buffer);
+        let _ = self.buffer.set(Arc::clone(&buffer));
+        let task = tokio::spawn(drainer::run(Arc::clone(self), buffer, key.clone()));
+        *self.drainer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
+        Ok(())
+    }
+
+    /// Writes a batch (to the buffer, when the link has one) if the link is open and a slot is
+    /// free within `slot_wait`, else answers `retry`.
     pub(crate) async fn write(&self, key: &LinkKey, batch: Vec<Message>) -> Result<(), Failure> {
-        let Some(writer) = self.writer.get() else {
+        let buffer = self.buffer.get();
+        let writer = self.writer.get();
+        if buffer.is_none() && writer.is_none() {
             LinkMetrics::add(&self.metrics.write_failures, 1);
             let reason = match self.metrics.health() {
                 LinkHealth::Degraded(reason) | LinkHealth::Refused(reason) => reason,
                 LinkHealth::Ok => "opening".into(),
             };
             return Err(Failure::Retry(format!("sink not connected: {key}: {reason}")));
-        };
-        let Ok(Ok(_permit)) = tokio::time::timeout(self.settings.slot_wait, self.permits.acquire()).await else {
+        }
+        let deadline = tokio::time::Instant::now() + self.settings.slot_wait;
+        let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline, self.permits.acquire()).await else {
             LinkMetrics::add(&self.metrics.busy, 1);
             return Err(Failure::Retry(format!(
                 "sink busy: {key} had {} writes in flight for {:?}",
                 self.settings.max_concurrent_writes, self.settings.slot_wait
             )));
         };
+        match (buffer, writer) {
+            (Some(buffer), _) => self.append(key, buffer, batch, deadline).await,
+            (None, Some(writer)) => self.write_through(key, writer, batch).await,
+            (None, None) => Err(Failure::Retry(format!("sink not connected: {key}"))),
+        }
+    }
+
+    /// Appends a batch to the link's buffer. When it is full (`buffer_full = "block"`), waits
+    /// for room until `deadline`, then answers `retry`.
+    async fn append(
+        &self,
+        key: &LinkKey,
+        buffer: &Arc<DiskBuffer>,
+        batch: Vec<Message>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Failure> {
+        let records = batch.len();
+        let batch = Arc::new(batch);
+        loop {
+            let freed = buffer.freed().notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let appending = Arc::clone(&batch);
+            match drainer::blocking(buffer, move |b| b.append(&appending)).await {
+                Ok(()) => return Ok(()),
+                Err(err @ BufferError::Full { .. }) => {
+                    let waited = tokio::time::Instant::now() >= deadline
+                        || tokio::time::timeout_at(deadline, freed).await.is_err();
+                    if waited {
+                        LinkMetrics::add(&self.metrics.busy, 1);
+                        return Err(Failure::Retry(format!("sink buffer full: {key}: {err}")));
+                    }
+                }
+                Err(err @ BufferError::TooLarge { .. }) => {
+                    LinkMetrics::add(&self.metrics.write_failures, 1);
+                    let reason = format!("sink buffer: {err}");
+                    return Err(Failure::Reject(
+                        (0..records)
+                            .map(|i| Rejected {
+                                index: u32::try_from(i).unwrap_or(u32::MAX),
+                                reason: reason.clone(),
+                            })
+                            .collect(),
+                    ));
+                }
+                Err(err) => {
+                    LinkMetrics::add(&self.metrics.write_failures, 1);
+                    return Err(Failure::Retry(format!("sink buffer failed: {key}: {err}")));
+                }
+            }
+        }
+    }
+
+    /// Writes a batch straight to the sink.
+    async fn write_through(&self, key: &LinkKey, writer: &W, batch: Vec<Message>) -> Result<(), Failure> {
         let _gauge = crate::metrics::InFlight::enter(&self.metrics.in_flight);
         let records = batch.len();
         let span = tracing::info_span!(
@@ -155,11 +248,26 @@ impl<W: SinkWriter> SinkLink<W> {
         result
     }
 
-    /// Stops opening a degraded link, waits for running writes to finish, then closes the writer.
+    /// Waits for running writes to finish, stops opening a degraded link, lets the drainer
+    /// write what is buffered (within [`drainer::FINAL_DRAIN`]), then closes the writer and the
+    /// buffer (what is left in it stays on disk).
     pub(crate) async fn drain(&self) -> Result<(), ConnectorError> {
-        self.stop.cancel();
         let max = u32::try_from(self.settings.max_concurrent_writes).unwrap_or(u32::MAX);
         let _all = self.permits.acquire_many(max).await;
+        self.stop.cancel();
+        let task = self
+            .drainer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            if let Err(err) = task.await {
+                tracing::error!(error = %err, "a sink buffer drainer failed");
+            }
+        }
+        if let Some(buffer) = self.buffer.get() {
+            buffer.close();
+        }
         match self.writer.get() {
             Some(writer) => writer.close().await,
             None => Ok(()),

@@ -272,13 +272,20 @@ pub type LabelledBatch = (String, Vec<Message>);
 /// A sink that keeps every batch, tagged with its link's `label` config (required), so a test
 /// can tell which link's config a write used. `write_delay` (a duration) slows every write;
 /// `check_error` / `open_error` make [`SinkConnector::check`] / opening the link fail (for good)
-/// with that message.
+/// with that message. [`MemorySink::set_down`] makes every write answer `retry`.
 #[derive(Debug, Clone, Default)]
 pub struct MemorySink {
     written: Arc<Mutex<Vec<LabelledBatch>>>,
+    down: Arc<Mutex<Option<String>>>,
 }
 
 impl MemorySink {
+    /// While `reason` is set, every write of every link answers `retry` with it (a sink system
+    /// that is down); `None` brings it back.
+    pub fn set_down(&self, reason: Option<&str>) {
+        *lock(&self.down) = reason.map(str::to_string);
+    }
+
     /// Every batch written so far, with the label of the link that wrote it.
     #[must_use]
     pub fn written(&self) -> Vec<LabelledBatch> {
@@ -333,6 +340,7 @@ impl SinkConnector for MemorySink {
             label,
             delay,
             written: Arc::clone(&self.written),
+            down: Arc::clone(&self.down),
         })
     }
 }
@@ -343,11 +351,15 @@ pub struct MemoryWriter {
     label: String,
     delay: Duration,
     written: Arc<Mutex<Vec<LabelledBatch>>>,
+    down: Arc<Mutex<Option<String>>>,
 }
 
 impl SinkWriter for MemoryWriter {
     async fn write(&self, batch: Vec<Message>) -> Result<(), Failure> {
         tokio::time::sleep(self.delay).await;
+        if let Some(reason) = lock(&self.down).clone() {
+            return Err(Failure::Retry(reason));
+        }
         lock(&self.written).push((self.label.clone(), batch));
         Ok(())
     }

@@ -1,0 +1,183 @@
+//! The background task of a buffered sink link: writes the buffer's batches, oldest first, to
+//! the link's real writer, and marks each drained once the sink has it.
+//!
+//! `retry` is tried again with backoff, for as long as it takes: later batches wait, so order
+//! holds. `reject` cannot reach the caller any more (its write was answered success when the
+//! batch was buffered): the rejected records are logged with their origins and counted
+//! (`buffer_rejected`), and the batch is drained. When the link is deleted the drainer goes on
+//! until the buffer is empty or [`FINAL_DRAIN`] has passed; what is left stays on disk for the
+//! next time the link is put.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::{BufferError, DiskBuffer, Pending};
+use crate::backoff::Backoff;
+use crate::link::LinkKey;
+use crate::metrics::{InFlight, LinkMetrics};
+use crate::sink::{SinkLink, SinkWriter};
+use crate::Failure;
+
+/// How long a deleted link's drainer goes on writing what is buffered.
+pub const FINAL_DRAIN: Duration = Duration::from_secs(5);
+
+/// Delays between attempts to write a batch the sink answered `retry`.
+const RETRY: Backoff = Backoff {
+    initial: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+};
+
+/// How often a drainer looks whether its degraded link has connected.
+const WRITER_POLL: Duration = Duration::from_millis(100);
+
+/// Runs `f` on `buffer` on a blocking thread.
+pub(crate) async fn blocking<T: Send + 'static>(
+    buffer: &Arc<DiskBuffer>,
+    f: impl FnOnce(&DiskBuffer) -> Result<T, BufferError> + Send + 'static,
+) -> Result<T, BufferError> {
+    let buffer = Arc::clone(buffer);
+    tokio::task::spawn_blocking(move || f(&buffer))
+        .await
+        .unwrap_or(Err(BufferError::Closed))
+}
+
+/// The drainer's view of the link's stop: `None` while the link runs, then the time by which
+/// the final drain ends.
+struct Stop<'a> {
+    token: &'a tokio_util::sync::CancellationToken,
+    deadline: Option<Instant>,
+}
+
+impl Stop<'_> {
+    fn deadline(&mut self) -> Option<Instant> {
+        if self.deadline.is_none() && self.token.is_cancelled() {
+            self.deadline = Some(Instant::now() + FINAL_DRAIN);
+        }
+        self.deadline
+    }
+
+    /// Runs `work` until it ends, or until the final drain's deadline passes (`None`).
+    async fn bounded<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
+        tokio::pin!(work);
+        if self.deadline().is_none() {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                () = self.token.cancelled() => {}
+            }
+        }
+        let deadline = self.deadline()?;
+        tokio::time::timeout_at(deadline, work).await.ok()
+    }
+}
+
+/// Drains `buffer` into `link`'s writer until the link is deleted (then within [`FINAL_DRAIN`]).
+pub(crate) async fn run<W: SinkWriter>(link: Arc<SinkLink<W>>, buffer: Arc<DiskBuffer>, key: LinkKey) {
+    let mut stop = Stop {
+        token: &link.stop,
+        deadline: None,
+    };
+    loop {
+        let Some(writer) = link.writer.get() else {
+            if stop.deadline().is_some() {
+                break;
+            }
+            let _ = stop.bounded(tokio::time::sleep(WRITER_POLL)).await;
+            continue;
+        };
+        let appended = buffer.appended().notified();
+        tokio::pin!(appended);
+        appended.as_mut().enable();
+        match blocking(&buffer, DiskBuffer::oldest).await {
+            Ok(Some(pending)) => {
+                if !deliver(&link.metrics, writer, &buffer, &key, pending, &mut stop).await {
+                    break;
+                }
+            }
+            Ok(None) => {
+                if stop.deadline().is_some() {
+                    break;
+                }
+                let _ = stop.bounded(appended).await;
+            }
+            Err(BufferError::Closed) => break,
+            Err(err) => {
+                error!(component = %key.component, link = %key.name, error = %err, "reading the sink buffer failed");
+                if stop.bounded(tokio::time::sleep(Duration::from_secs(1))).await.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+    if !buffer.is_empty() {
+        info!(component = %key.component, link = %key.name, dir = %buffer.dir().display(), "the sink link stopped with batches left in its buffer: they are written when the link is put again");
+    }
+}
+
+/// Writes one batch until the sink has it (then marks it drained) or the final drain ends
+/// (`false`: the batch stays buffered).
+async fn deliver<W: SinkWriter>(
+    metrics: &LinkMetrics,
+    writer: &W,
+    buffer: &Arc<DiskBuffer>,
+    key: &LinkKey,
+    pending: Pending,
+    stop: &mut Stop<'_>,
+) -> bool {
+    let records = pending.batch.len();
+    let mut attempt = 0;
+    loop {
+        let span = tracing::info_span!(
+            "drain",
+            component = %key.component,
+            link = %key.name,
+            records,
+            outcome = tracing::field::Empty,
+        );
+        let result = {
+            let _gauge = InFlight::enter(&metrics.in_flight);
+            let write = tracing::Instrument::instrument(writer.write(pending.batch.clone()), span.clone());
+            match stop.bounded(write).await {
+                Some(result) => result,
+                None => return false,
+            }
+        };
+        match result {
+            Ok(()) => {
+                span.record("outcome", "written");
+                LinkMetrics::add(&metrics.written, records);
+                break;
+            }
+            Err(Failure::Reject(rejected)) => {
+                span.record("outcome", "rejected");
+                LinkMetrics::add(&metrics.write_failures, 1);
+                for r in &rejected {
+                    let origin = pending.batch.get(r.index as usize).map_or("?", |m| m.origin.as_str());
+                    warn!(component = %key.component, link = %key.name, origin, reason = %r.reason, "the sink rejected a buffered record; its write was already acknowledged, so it is dropped");
+                }
+                LinkMetrics::add(&metrics.buffer_rejected, rejected.len());
+                LinkMetrics::add(&metrics.written, records.saturating_sub(rejected.len()));
+                break;
+            }
+            Err(Failure::Retry(reason)) => {
+                span.record("outcome", "retry");
+                LinkMetrics::add(&metrics.write_failures, 1);
+                attempt += 1;
+                let delay = RETRY.delay(attempt);
+                warn!(component = %key.component, link = %key.name, %reason, attempt, ?delay, "the sink cannot take a buffered batch yet; trying again");
+                if stop.bounded(tokio::time::sleep(delay)).await.is_none() {
+                    return false;
+                }
+            }
+        }
+    }
+    let position = pending.position;
+    if let Err(err) = blocking(buffer, move |b| b.drained(position)).await {
+        // The batch was written: at worst it is written again after a restart.
+        error!(component = %key.component, link = %key.name, error = %err, "marking a buffered batch drained failed");
+    }
+    true
+}
