@@ -15,6 +15,10 @@ use crate::wadm::{Stored, WadmClient};
 /// How long wadm may take to bring a pipeline up (providers start, links are put).
 pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long [`Deployment::wait_linked`] lets a running provider not know a link the host holds
+/// before the link is put again (longer than a link's first connection attempts take).
+pub const RELINK_AFTER: Duration = Duration::from_secs(20);
+
 /// A pipeline wadm has deployed.
 #[derive(Debug)]
 pub struct Deployment {
@@ -106,18 +110,51 @@ impl Deployment {
     }
 
     /// Waits until the providers report both links live.
+    ///
+    /// A link the host holds but a running provider does not know for [`RELINK_AFTER`] (a put
+    /// the provider missed: the 1.x provider SDK reads a provider's links from the host once,
+    /// then subscribes to puts, and neither the host nor wadm sends a put again) is deleted at
+    /// the host, for wadm to put it again.
     pub async fn wait_linked(&self, within: Duration) -> anyhow::Result<Progress> {
-        let deadline = tokio::time::Instant::now() + within;
+        let start = tokio::time::Instant::now();
+        let deadline = start + within;
+        let mut relinked = start;
         loop {
             let progress = self.progress().await;
             if progress.source.is_some() && progress.sink.is_some() {
                 return Ok(progress);
             }
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 anyhow::bail!("`{}` links not live within {within:?}: {progress}", self.spec.name);
+            }
+            if progress.refused.is_empty() && now.duration_since(relinked) >= RELINK_AFTER {
+                relinked = now;
+                self.relink_missing(&progress).await?;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// Deletes at the host the links that a running provider of this pipeline does not know, so
+    /// that wadm puts them again; returns how many.
+    async fn relink_missing(&self, progress: &Progress) -> anyhow::Result<usize> {
+        let missing = |link: &ExpectedLink| {
+            (link.source_id == self.ids.source && progress.source_answered && progress.source.is_none())
+                || (link.source_id == self.ids.step && progress.sink_answered && progress.sink.is_none())
+        };
+        let ctl = wasmcloud_control_interface::ClientBuilder::new(self.nats.clone())
+            .lattice(&self.spec.lattice)
+            .build();
+        let mut relinked = 0;
+        for link in self.manifest.links().iter().filter(|l| missing(l)) {
+            tracing::warn!(source = %link.source_id, target = %link.target, name = %link.name, "the host holds a link its provider does not know: putting it again");
+            ctl.delete_link(&link.source_id, &link.name, &link.namespace, &link.package)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot delete link {} -> {}: {e}", link.source_id, link.target))?;
+            relinked += 1;
+        }
+        Ok(relinked)
     }
 
     /// Undeploys the pipeline (wadm deletes its links, so sources drain, and stops its providers

@@ -18,6 +18,12 @@ pub struct Progress {
     pub sink: Option<LinkStatus>,
     /// Links a provider refused, with the reason.
     pub refused: Vec<String>,
+    /// Whether the source provider answered (it runs and serves its status subject).
+    #[serde(skip)]
+    pub source_answered: bool,
+    /// Whether the sink provider answered.
+    #[serde(skip)]
+    pub sink_answered: bool,
 }
 
 async fn provider_status(nats: &async_nats::Client, lattice: &str, provider: &str) -> Option<Status> {
@@ -36,6 +42,11 @@ impl Progress {
         let mut progress = Self::default();
         for (status, role) in [(source, "source"), (sink, "sink")] {
             let Some(status) = status else { continue };
+            if role == "source" {
+                progress.source_answered = true;
+            } else {
+                progress.sink_answered = true;
+            }
             let link = status
                 .links
                 .into_iter()

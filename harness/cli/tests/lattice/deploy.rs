@@ -91,6 +91,42 @@ async fn sluice_deploy_redeploys_changes_as_new_versions_on_the_specs_lattice_an
     assert!(out.contains("unchanged"), "{out}");
     assert_eq!(deployed_version(&out), v1);
 
+    // The sink provider loses its link while the host still holds it (a put it missed): the
+    // next deploy finds the link unknown to the running provider and has wadm put it again.
+    let forget = serde_json::json!({
+        "source_id": "deployed-to-s3-step",
+        "target": "deployed-to-s3-sink",
+        "name": "default",
+        "wit_namespace": "sluice",
+        "wit_package": "pipeline",
+        "interfaces": ["sink"],
+    });
+    lattice
+        .nats()
+        .publish(
+            "wasmbus.rpc.customer-d.deployed-to-s3-sink.linkdefs.del",
+            serde_json::to_vec(&forget).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let status_of = || async {
+        let report: Value = serde_json::from_str(&sluice(&url, &["status", spec_arg, "--json"])).unwrap();
+        report
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !status_of().await["links"]["sink"].is_null() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sink provider kept its link"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let out = sluice(&url, &["deploy", spec_arg, "--par-dir", par_arg]);
+    assert!(out.contains("unchanged") && out.contains("links live"), "{out}");
+    let wanted = expected("relinked-", n);
+    publish(&mqtt, "deployed/plant-d", "relinked-", n);
+    assert_landed("relinked", &wait_s3(&client, "first", &wanted).await, &wanted, "");
+
     // Another bucket: a new version, and the sink link is put again with its config.
     write_spec("second");
     let out = sluice(&url, &["deploy", spec_arg, "--par-dir", par_arg]);
