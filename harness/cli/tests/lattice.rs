@@ -4,6 +4,8 @@
 //! Records go in through plain clients (mosquitto_pub) and are read back with plain clients
 //! (aws-sdk-s3, rdkafka).
 
+#[path = "lattice/buffer.rs"]
+mod buffer;
 mod common;
 #[path = "lattice/deploy.rs"]
 mod deploy;

@@ -15,7 +15,7 @@ use super::*;
 const RESUME: Duration = Duration::from_secs(10);
 
 /// The pid of the provider the host `host` started from `package`'s archive.
-fn provider_pid(host: &str, package: &str) -> Option<u32> {
+pub(super) fn provider_pid(host: &str, package: &str) -> Option<u32> {
     children::running()
         .into_iter()
         .find(|c| c.is_provider(host, package))
@@ -23,7 +23,7 @@ fn provider_pid(host: &str, package: &str) -> Option<u32> {
 }
 
 /// Waits for a provider of `package` whose pid is not `old`; returns it.
-async fn restarted(host: &str, package: &str, old: u32) -> u32 {
+pub(super) async fn restarted(host: &str, package: &str, old: u32) -> u32 {
     let deadline = Instant::now() + WAIT;
     loop {
         match provider_pid(host, package) {
