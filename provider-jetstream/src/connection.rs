@@ -54,6 +54,41 @@ pub(crate) async fn connect(conn: &Connection, name: &str) -> Result<async_nats:
     })
 }
 
+/// Checks a link against its server without changing anything: the server answers with these
+/// credentials, and a stream of the link's name, if there is one, stays under the prefix.
+pub(crate) async fn check(conn: &Connection, name: &str) -> Result<(), JetStreamError> {
+    let client = connect(conn, name).await?;
+    let js = jetstream::new(client);
+    match js.get_stream(&conn.stream.name).await {
+        Ok(mut stream) => {
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| api("reading the stream's info", e, true))?;
+            confined(&conn.stream.name, &info.config.subjects, &conn.subject_prefix)
+        }
+        Err(e) if not_found(&e) => Ok(()),
+        Err(e) => Err(api(&format!("looking up stream `{}`", conn.stream.name), e, true)),
+    }
+}
+
+fn not_found(err: &jetstream::context::GetStreamError) -> bool {
+    matches!(err.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref api)
+        if api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// A stream whose subjects all lie under `prefix`, or the error that refuses the link.
+fn confined(stream: &str, subjects: &[String], prefix: &str) -> Result<(), JetStreamError> {
+    if subjects.is_empty() || subjects.iter().any(|s| !crate::config::under_prefix(s, prefix)) {
+        return Err(JetStreamError::StreamOutsidePrefix {
+            stream: stream.to_string(),
+            subjects: subjects.to_vec(),
+            prefix: prefix.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Returns the link's stream, creating it with the link's limits when missing. A stream of that
 /// name with subjects outside the prefix refuses the link: a link never touches it.
 pub(crate) async fn ensure_stream(
@@ -67,20 +102,10 @@ pub(crate) async fn ensure_stream(
                 .info()
                 .await
                 .map_err(|e| api("reading the stream's info", e, true))?;
-            let subjects = info.config.subjects.clone();
-            if subjects.is_empty() || subjects.iter().any(|s| !crate::config::under_prefix(s, prefix)) {
-                return Err(JetStreamError::StreamOutsidePrefix {
-                    stream: settings.name.clone(),
-                    subjects,
-                    prefix: prefix.to_string(),
-                });
-            }
+            confined(&settings.name, &info.config.subjects, prefix)?;
             Ok(stream)
         }
-        Err(e)
-            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref api)
-                if api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-        {
+        Err(e) if not_found(&e) => {
             let config = stream::Config {
                 name: settings.name.clone(),
                 subjects: settings.subjects.clone(),

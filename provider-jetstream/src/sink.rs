@@ -25,6 +25,13 @@ impl SinkConnector for JetStreamSink {
         SinkConfig::parse(config)
     }
 
+    /// Connects with the link's credentials and checks that its stream, if it exists, stays
+    /// under the prefix; creates nothing.
+    async fn check(&self, link: &LinkKey, config: &SinkConfig) -> Result<(), ConnectorError> {
+        let name = format!("sluice-sink-check-{}-{}", link.component, link.name);
+        Ok(crate::connection::check(&config.connection, &name).await?)
+    }
+
     async fn open(&self, link: &LinkKey, config: SinkConfig) -> Result<JetStreamWriter, ConnectorError> {
         let conn = &config.connection;
         let client = connect(conn, &format!("sluice-sink-{}-{}", link.component, link.name)).await?;

@@ -54,30 +54,42 @@ impl SourceConnector for JetStreamSource {
         SourceConfig::parse(config)
     }
 
+    /// Connects with the link's credentials and checks that its stream, if it exists, stays
+    /// under the prefix; creates nothing.
+    async fn check(&self, link: &LinkKey, config: &SourceConfig) -> Result<(), ConnectorError> {
+        let name = format!("sluice-source-check-{}-{}", link.component, link.name);
+        Ok(crate::connection::check(&config.connection, &name).await?)
+    }
+
     async fn open(&self, link: &LinkKey, config: SourceConfig) -> Result<JetStreamReader, ConnectorError> {
         let conn = &config.connection;
         let durable = config.durable(link);
         let client = connect(conn, &format!("sluice-source-{}-{}", link.component, link.name)).await?;
         let js = jetstream::new(client.clone());
         let stream = ensure_stream(&js, &conn.stream, &conn.subject_prefix).await?;
+        let consumer_config = pull::Config {
+            durable_name: Some(durable.clone()),
+            filter_subject: config.subject.clone(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: config.ack_wait,
+            max_ack_pending: i64::try_from(config.max_ack_pending).unwrap_or(i64::MAX),
+            max_deliver: -1,
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
         let consumer: PullConsumer = stream
-            .create_consumer(pull::Config {
-                durable_name: Some(durable.clone()),
-                filter_subject: config.subject.clone(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: config.ack_wait,
-                max_ack_pending: i64::try_from(config.max_ack_pending).unwrap_or(i64::MAX),
-                max_deliver: -1,
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
+            .create_consumer(consumer_config.clone())
             .await
             .map_err(|e| api(&format!("creating durable consumer `{durable}`"), e, false))?;
         info!(stream = %conn.stream.name, %durable, subject = %config.subject, "jetstream source connected");
         let (tx, rx) = mpsc::unbounded_channel();
         let outstanding = Outstanding::default();
         let pump = tokio::spawn(pump(
-            consumer,
+            Consumer {
+                stream,
+                config: consumer_config,
+                current: consumer,
+            },
             conn.stream.name.clone(),
             config.max_ack_pending,
             config.ordered,
@@ -98,10 +110,19 @@ impl SourceConnector for JetStreamSource {
     }
 }
 
-/// Reads the consumer's messages into `tx` as records, registering each as outstanding; opens
-/// the message stream again (with backoff) when it fails or ends.
+/// A link's durable consumer, and how to make it again.
+struct Consumer {
+    stream: jetstream::stream::Stream,
+    config: pull::Config,
+    current: PullConsumer,
+}
+
+/// Reads the consumer's messages into `tx` as records, registering each as outstanding. When the
+/// message stream fails or ends it is opened again with backoff, the durable consumer created
+/// again first (create-or-update: the same consumer when it still exists, a new one that starts
+/// from the stream's first record when it was deleted).
 async fn pump(
-    consumer: PullConsumer,
+    mut consumer: Consumer,
     stream: String,
     batch: usize,
     ordered: bool,
@@ -110,7 +131,13 @@ async fn pump(
 ) {
     let mut failures = 0u32;
     loop {
-        match consumer.stream().max_messages_per_batch(batch).messages().await {
+        if failures > 0 {
+            match consumer.stream.create_consumer(consumer.config.clone()).await {
+                Ok(current) => consumer.current = current,
+                Err(e) => warn!(%stream, error = %e, "cannot create the durable consumer again"),
+            }
+        }
+        match consumer.current.stream().max_messages_per_batch(batch).messages().await {
             Ok(mut messages) => {
                 while let Some(item) = messages.next().await {
                     match item {

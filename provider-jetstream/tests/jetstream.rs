@@ -559,3 +559,66 @@ async fn subjects_outside_the_prefix_and_plain_credentials_are_refused_by_key_an
     let status = s.engine.status();
     assert!(status.refusal("step-ok").is_none(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_put_again_with_a_stream_outside_its_prefix_keeps_running() {
+    let s = Setup::new().await;
+    s.js.create_stream(jetstream::stream::Config {
+        name: "u2".into(),
+        subjects: vec!["elsewhere.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let good = [("subject_prefix", "u1"), ("subject", "u1.in")];
+    let outside = [("subject_prefix", "u2"), ("subject", "u2.in")];
+    s.put_sink("writer", &good).await.unwrap();
+    let step = s.component("step").await;
+    s.put_source("step", &[good[0], good[1], ("linger", "5ms")])
+        .await
+        .unwrap();
+
+    let err = s.put_sink("writer", &outside).await.unwrap_err().to_string();
+    assert!(err.contains("stream `u2`") && err.contains("writer"), "{err}");
+    let err = s.put_source("step", &outside).await.unwrap_err().to_string();
+    assert!(err.contains("stream `u2`") && err.contains("step"), "{err}");
+
+    // Both running links kept their old config.
+    s.engine.write("writer", "default", rich("still", 10)).await.unwrap();
+    assert!(
+        step.wait_for(Duration::from_secs(10), |c| c.accepted().len() == 10)
+            .await
+    );
+    assert_eq!(s.messages_in("u1").await, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_durable_consumer_is_made_again_and_reading_goes_on() {
+    let s = Setup::new().await;
+    let config = [("subject_prefix", "c1"), ("subject", "c1.in")];
+    s.put_sink("writer", &config).await.unwrap();
+    let step = s.component("step").await;
+    s.put_source("step", &[config[0], config[1], ("linger", "5ms")])
+        .await
+        .unwrap();
+    s.engine.write("writer", "default", rich("before", 10)).await.unwrap();
+    assert!(
+        step.wait_for(Duration::from_secs(10), |c| c.accepted().len() == 10)
+            .await
+    );
+
+    let stream = s.js.get_stream("c1").await.unwrap();
+    stream.delete_consumer("sluice-step-default").await.unwrap();
+    s.engine.write("writer", "default", rich("after", 10)).await.unwrap();
+    // The new consumer starts from the stream's first record: the first ten come again.
+    assert!(
+        step.wait_for(Duration::from_secs(30), |c| payloads(&c.accepted())
+            .iter()
+            .filter(|p| p.starts_with("after"))
+            .count()
+            == 10)
+            .await,
+        "got {:?}",
+        payloads(&step.accepted())
+    );
+}
