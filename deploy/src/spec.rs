@@ -44,11 +44,16 @@ impl ProviderKind {
 }
 
 /// Every provider a spec may name.
-pub const PROVIDERS: [ProviderKind; 5] = [
+pub const PROVIDERS: [ProviderKind; 6] = [
     ProviderKind {
         name: "http-inproc",
         source: true,
         sink: false,
+    },
+    ProviderKind {
+        name: "jetstream",
+        source: true,
+        sink: true,
     },
     ProviderKind {
         name: "kafka",

@@ -198,13 +198,13 @@ fn invalid_specs_are_refused_with_the_field_path_and_what_was_expected() {
             "provider: s3",
             "provider: ftp",
             "sink.provider",
-            "one of kafka, modbus, mqtt, s3",
+            "one of jetstream, kafka, modbus, mqtt, s3",
         ),
         (
             "provider: mqtt",
             "provider: nope",
             "source.provider",
-            "one of http-inproc, kafka, modbus, mqtt, s3",
+            "one of http-inproc, jetstream, kafka, modbus, mqtt, s3",
         ),
         (
             "lattice: customer-a",
