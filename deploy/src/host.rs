@@ -24,6 +24,30 @@ pub const PROVIDER_SHUTDOWN_DELAY: Duration = Duration::from_secs(30);
 /// What a stock `wasmcloud` / `wash up` host gives a provider to shut down before it kills it.
 pub const STOCK_PROVIDER_SHUTDOWN_DELAY: Duration = Duration::from_millis(300);
 
+/// How an embedded host differs from the defaults.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// How long a provider may take to shut down before it is killed
+    /// ([`PROVIDER_SHUTDOWN_DELAY`]; [`STOCK_PROVIDER_SHUTDOWN_DELAY`] to behave as a stock host).
+    pub provider_shutdown_delay: Duration,
+    /// OpenTelemetry settings the host hands to its providers (none exported by default). The
+    /// host's own spans are exported by whatever `tracing` subscriber this process installed.
+    pub otel: wasmcloud_core::OtelConfig,
+    /// The level providers log at (warnings by default). It bounds their exported spans too:
+    /// the provider SDK filters spans and log lines alike, and Sluice's spans are at `info`.
+    pub provider_log_level: wasmcloud_core::logging::Level,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        Self {
+            provider_shutdown_delay: PROVIDER_SHUTDOWN_DELAY,
+            otel: wasmcloud_core::OtelConfig::default(),
+            provider_log_level: wasmcloud_core::logging::Level::Warn,
+        }
+    }
+}
+
 type Shutdown = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// A running host. Stop it with [`EmbeddedHost::stop`], which stops its providers and components.
@@ -48,12 +72,11 @@ impl EmbeddedHost {
     /// providers and components, asking the secrets backend under [`SECRETS_TOPIC_PREFIX`].
     /// Providers get [`PROVIDER_SHUTDOWN_DELAY`] to shut down.
     pub async fn start(nats_url: &str, lattice: &str) -> anyhow::Result<Self> {
-        Self::start_with_shutdown_delay(nats_url, lattice, PROVIDER_SHUTDOWN_DELAY).await
+        Self::start_with(nats_url, lattice, &HostOptions::default()).await
     }
 
-    /// Like [`EmbeddedHost::start`], giving providers `delay` to shut down before they are
-    /// killed ([`STOCK_PROVIDER_SHUTDOWN_DELAY`] to behave as a stock host).
-    pub async fn start_with_shutdown_delay(nats_url: &str, lattice: &str, delay: Duration) -> anyhow::Result<Self> {
+    /// Like [`EmbeddedHost::start`], with `options`.
+    pub async fn start_with(nats_url: &str, lattice: &str, options: &HostOptions) -> anyhow::Result<Self> {
         let url = Url::parse(nats_url).with_context(|| format!("invalid NATS URL `{nats_url}`"))?;
         let key = Arc::new(KeyPair::new_server());
         let id = key.public_key();
@@ -68,11 +91,13 @@ impl EmbeddedHost {
             // An invocation that never ends holds one of the step's instances until this
             // deadline (a stock host's is 10 minutes): a minute is far beyond any batch's work.
             max_execution_time: MAX_EXECUTION_TIME,
-            provider_shutdown_delay: Some(delay),
+            provider_shutdown_delay: Some(options.provider_shutdown_delay),
+            // Handed to every provider it starts (HostData): where they export their spans.
+            otel_config: options.otel.clone(),
             heartbeat_interval: Some(Duration::from_secs(5)),
             version: "1.9.2".into(),
             // Providers log at this level (their output goes to this process's stderr).
-            log_level: wasmcloud_core::logging::Level::Warn,
+            log_level: options.provider_log_level.clone(),
             ..WasmbusHostConfig::default()
         };
         let (host, shutdown) = WasmbusHost::new(config)

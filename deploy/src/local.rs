@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use anyhow::Context as _;
 use sluice_integration::servers::NatsServer;
 
-use crate::host::{EmbeddedHost, SECRETS_TOPIC_PREFIX};
+use crate::host::{EmbeddedHost, HostOptions, SECRETS_TOPIC_PREFIX};
 use crate::secrets::{LocalSecrets, SecretEntry};
 use crate::wadm::{EmbeddedWadm, WadmClient};
 
@@ -64,18 +64,13 @@ impl LocalLattice {
 
     /// Starts an embedded host on `lattice` and returns its id.
     pub async fn add_host(&mut self, lattice: &str) -> anyhow::Result<String> {
-        self.add_host_with_shutdown_delay(lattice, crate::host::PROVIDER_SHUTDOWN_DELAY)
-            .await
+        self.add_host_with(lattice, &HostOptions::default()).await
     }
 
-    /// Like [`LocalLattice::add_host`], for a host that kills a provider `delay` after asking
-    /// it to shut down.
-    pub async fn add_host_with_shutdown_delay(
-        &mut self,
-        lattice: &str,
-        delay: std::time::Duration,
-    ) -> anyhow::Result<String> {
-        let host = EmbeddedHost::start_with_shutdown_delay(&self.nats_url, lattice, delay).await?;
+    /// Like [`LocalLattice::add_host`], with `options` (a stock host's shutdown delay,
+    /// OpenTelemetry settings for its providers).
+    pub async fn add_host_with(&mut self, lattice: &str, options: &HostOptions) -> anyhow::Result<String> {
+        let host = EmbeddedHost::start_with(&self.nats_url, lattice, options).await?;
         let id = host.id().to_string();
         self.hosts.push(host);
         Ok(id)

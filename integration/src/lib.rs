@@ -12,11 +12,13 @@
 //! - [`modbus`]: a real Modbus TCP server (pymodbus) with preset registers and a request log.
 //! - [`proxy`]: a TCP forwarder a test cuts and restores, for outages of a real server.
 //! - [`procfs`]: a process's CPU time and memory, as the kernel counts them.
+//! - [`otlp`]: an OTLP/HTTP receiver that keeps the spans exporters send it.
 
 pub mod component;
 pub mod fixture;
 pub mod host;
 pub mod modbus;
+pub mod otlp;
 pub mod procfs;
 pub mod proxy;
 pub mod seaweedfs;

@@ -23,6 +23,7 @@ pub mod sink;
 pub mod source;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 pub mod wasmcloud;
 pub mod wire;
 pub mod wrpc;

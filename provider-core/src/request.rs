@@ -293,6 +293,7 @@ impl Slot {
             bytes = batch.iter().map(|m| m.payload.len()).sum::<usize>(),
             outcome = tracing::field::Empty,
         );
+        crate::trace::follow_records(&span, &batch);
         async {
             let mut attempts = 0u32;
             loop {

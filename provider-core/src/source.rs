@@ -394,6 +394,7 @@ pub async fn run_source<R: SourceReader, I: Ingest>(
                 bytes = batch.bytes,
                 outcome = tracing::field::Empty,
             );
+            crate::trace::follow_records(&span, &batch.messages);
             let task = deliver_batch(
                 Arc::clone(&ingest),
                 batch.messages,

@@ -383,10 +383,15 @@ impl<S: SourceSide, K: SinkConnector>
         let link_name = cx.as_ref().map_or("default", |cx| cx.link_name());
         // A record whose payload is not in the wire form is rejected by index; the rest is written.
         let (messages, refusals) = decode_batch(batch);
+        // The write continues the trace of the step's invocation (the host sends its context).
+        let span = tracing::info_span!("sink.write", component, link = link_name);
+        if let Some(headers) = &headers {
+            crate::trace::continue_from(&span, headers);
+        }
         let outcome = if messages.is_empty() && !refusals.is_empty() {
             Ok(())
         } else {
-            self.engine.write(component, link_name, messages).await
+            tracing::Instrument::instrument(self.engine.write(component, link_name, messages), span).await
         };
         Ok(refusals.answer(outcome))
     }

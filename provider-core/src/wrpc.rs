@@ -38,11 +38,13 @@ impl<C> WrpcIngest<C> {
 impl<C> Ingest for WrpcIngest<C>
 where
     C: Invoke + 'static,
-    C::Context: Default,
+    C::Context: From<async_nats::HeaderMap>,
 {
+    /// Delivers with the trace context of the current span (the batch's), see [`crate::trace`].
     async fn deliver(&self, batch: &[Message]) -> Result<Result<(), Failure>, anyhow::Error> {
         let batch = crate::wire::to_wire(batch);
-        crate::bindings::sluice::pipeline::ingest::deliver(&self.client, C::Context::default(), &batch).await
+        let cx = C::Context::from(crate::trace::headers_of(&tracing::Span::current()));
+        crate::bindings::sluice::pipeline::ingest::deliver(&self.client, cx, &batch).await
     }
 
     fn max_batch_bytes(&self) -> Option<u64> {

@@ -123,7 +123,7 @@ pub struct RouteConfig {
     /// `deliver_timeout` as well.
     pub request_timeout: Duration,
     /// `headers`: comma-separated request headers copied into each record (default
-    /// `content-type`).
+    /// `content-type`); `traceparent` and `tracestate` are always copied.
     pub headers: Vec<HeaderName>,
     /// `body`: `auto` (default) or `whole`.
     pub format: BodyFormat,

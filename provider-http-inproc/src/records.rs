@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use hyper::header::{HeaderMap, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderName, CONTENT_TYPE};
 use sluice_provider_core::Message;
 
 use crate::config::{BodyFormat, RouteConfig};
@@ -62,17 +62,27 @@ pub struct RequestInfo<'a> {
     pub timestamp_ms: u64,
 }
 
-/// Turns a body into records: key = path, the route's selected headers, timestamp = arrival,
-/// origin `http:<route>#<request-id>` (with `.<line index>` for NDJSON lines). Empty NDJSON lines
-/// are skipped; a line that is not JSON refuses the whole body.
+/// The W3C Trace Context headers, carried in every record whatever the route selects: the
+/// engine links a batch's span to the traces of its records.
+const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
+/// Turns a body into records: key = path, the route's selected headers and the request's trace
+/// context, timestamp = arrival, origin `http:<route>#<request-id>` (with `.<line index>` for
+/// NDJSON lines). Empty NDJSON lines are skipped; a line that is not JSON refuses the whole body.
 pub fn to_records(route: &RouteConfig, request: &RequestInfo<'_>, body: Bytes) -> Result<Vec<Message>, MalformedLine> {
+    let trace = TRACE_HEADERS
+        .into_iter()
+        .filter(|t| !route.headers.iter().any(|h| h.as_str() == *t))
+        .map(HeaderName::from_static);
     let headers: Vec<(String, Bytes)> = route
         .headers
         .iter()
+        .cloned()
+        .chain(trace)
         .flat_map(|name| {
             request
                 .headers
-                .get_all(name)
+                .get_all(&name)
                 .iter()
                 .map(move |v| (name.as_str().to_string(), Bytes::copy_from_slice(v.as_bytes())))
         })

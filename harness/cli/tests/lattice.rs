@@ -20,54 +20,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::fixtures::{example, Lang};
+use common::lattice::{archives, pipeline_dir};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use serde_json::Value;
-use sluice_cli::compose::{compose, ComposeOptions};
 use sluice_deploy::local::LocalLattice;
 use sluice_deploy::pipeline::Deployment;
 use sluice_deploy::secrets::SecretEntry;
 use sluice_deploy::spec::PipelineSpec;
 use sluice_integration::seaweedfs::S3Server;
-use sluice_integration::servers::{temp_dir, KafkaBroker, Mosquitto};
-use tokio::sync::OnceCell;
-use xtask::par::{package_all, Keys, Profile, Workspace};
+use sluice_integration::servers::{KafkaBroker, Mosquitto};
 
 const WAIT: Duration = Duration::from_secs(90);
 
 /// Two lattices at a time at most: each is a wasmCloud host, wadm and four servers, and CI has
 /// two cores.
 static LATTICES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
-
-/// Every provider's `.par.gz`, packaged once from the debug binaries `cargo test` built, signed
-/// with throwaway keys (not the operator's `~/.sluice/keys`: the local secrets backend grants by
-/// application, so no test depends on a provider's subject).
-async fn archives() -> PathBuf {
-    static DIR: OnceCell<PathBuf> = OnceCell::const_new();
-    DIR.get_or_init(|| async {
-        let dir = temp_dir("par").unwrap();
-        let keys = Keys::open(dir.join("keys")).unwrap();
-        let workspace = Workspace::discover().unwrap();
-        package_all(&workspace, Profile::Debug, &dir, &keys)
-            .await
-            .expect("package the debug providers (build them first: `cargo build --bins`)");
-        dir
-    })
-    .await
-    .clone()
-}
-
-/// A directory holding `steps/sensors.wasm`: the example Rust logic composed into a step.
-fn pipeline_dir() -> PathBuf {
-    let dir = temp_dir("pipeline").unwrap();
-    std::fs::create_dir_all(dir.join("steps")).unwrap();
-    let step = compose(&example(Lang::Rust), &ComposeOptions::default()).expect("compose the step");
-    std::fs::write(dir.join("steps/sensors.wasm"), step.bytes).unwrap();
-    dir
-}
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pipelines")

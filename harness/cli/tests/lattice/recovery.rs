@@ -580,7 +580,7 @@ async fn nothing_sluice_run_started_outlives_it_after_sigterm_or_sigkill() {
 /// reading, and what comes twice is at most what was read and not yet acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn undeployed_mid_stream_on_a_stock_host_and_redeployed_nothing_is_lost() {
-    use sluice_deploy::host::STOCK_PROVIDER_SHUTDOWN_DELAY;
+    use sluice_deploy::host::{HostOptions, STOCK_PROVIDER_SHUTDOWN_DELAY};
     sluice_integration::init_tracing();
     let _permit = LATTICES.acquire().await.unwrap();
     let (par, dir) = (archives().await, pipeline_dir());
@@ -589,7 +589,13 @@ async fn undeployed_mid_stream_on_a_stock_host_and_redeployed_nothing_is_lost() 
     s3.create_bucket("stock").await.unwrap();
     let mut lattice = LocalLattice::start(None).await.unwrap();
     let host = lattice
-        .add_host_with_shutdown_delay("stock-u", STOCK_PROVIDER_SHUTDOWN_DELAY)
+        .add_host_with(
+            "stock-u",
+            &HostOptions {
+                provider_shutdown_delay: STOCK_PROVIDER_SHUTDOWN_DELAY,
+                ..HostOptions::default()
+            },
+        )
         .await
         .unwrap();
     lattice
