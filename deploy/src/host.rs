@@ -128,10 +128,25 @@ impl EmbeddedHost {
         self.host.stopped().await.map(|_| ())
     }
 
-    /// Stops the host: every provider is asked to shut down (and drains), every component stops.
+    /// Where the host unpacks the providers it starts: one directory per host id, which no
+    /// later host reuses (a host gets a new id each time it starts).
+    #[must_use]
+    pub fn provider_cache(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join("wasmcloudcache").join(&self.id)
+    }
+
+    /// Stops the host: every provider is asked to shut down (and drains), every component stops,
+    /// and the providers it unpacked are removed (each `sluice run` would otherwise leave its
+    /// providers' binaries, ~30 MB each, behind for good).
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(shutdown) = self.shutdown.take() {
             shutdown.await.context("failed to stop the host")?;
+        }
+        let cache = self.provider_cache();
+        if let Err(err) = std::fs::remove_dir_all(&cache) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %cache.display(), %err, "could not remove the host's provider cache");
+            }
         }
         Ok(())
     }

@@ -91,5 +91,9 @@ async fn the_embedded_host_starts_every_provider_from_its_archive() {
     let mut expected: Vec<_> = providers.iter().map(|p| p.name.clone()).collect();
     expected.sort();
     assert_eq!(running, expected);
+    // The providers it unpacked go with it.
+    let cache = host.provider_cache();
+    assert!(cache.is_dir(), "{} holds the unpacked providers", cache.display());
     host.stop().await.unwrap();
+    assert!(!cache.exists(), "{} left behind", cache.display());
 }
