@@ -64,22 +64,15 @@ impl LinkKey {
 /// `..` are `%2E` and `%2E%2E`.
 #[must_use]
 pub fn path_segment(text: &str) -> String {
-    use fmt::Write as _;
     if text.is_empty() {
         return "%".into();
     }
     if text.bytes().all(|b| b == b'.') {
         return "%2E".repeat(text.len());
     }
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    crate::percent::encode(text.as_bytes(), |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+    })
 }
 
 impl fmt::Display for LinkKey {

@@ -17,7 +17,7 @@
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use sluice_provider_core::Message;
+use sluice_provider_core::{percent, Message};
 
 /// The record's key.
 pub const KEY: &str = "Sluice-Key";
@@ -153,40 +153,13 @@ pub fn sequence_of(message: &Message) -> Option<u64> {
 /// Percent-encodes every byte that is not printable ASCII, and `%`, `=` and space.
 #[must_use]
 pub fn encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for &b in bytes {
-        if b.is_ascii_graphic() && b != b'%' && b != b'=' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent::encode(bytes, |b| b.is_ascii_graphic() && b != b'%' && b != b'=')
 }
 
 /// Undoes [`encode`]; a malformed escape is kept as it is.
 #[must_use]
 pub fn decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
+    percent::decode(text)
 }
 
 #[cfg(test)]

@@ -381,15 +381,7 @@ async fn finish_object(client: &aws_sdk_s3::Client, config: &SourceConfig, key: 
 
 /// Percent-encodes a key for `x-amz-copy-source`, keeping `/`.
 fn encode_key(key: &str) -> String {
-    let mut out = String::new();
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    sluice_provider_core::percent::encode(key.as_bytes(), |b| b.is_ascii_alphanumeric() || b"-_.~/".contains(&b))
 }
 
 /// The background reader of one link.

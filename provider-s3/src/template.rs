@@ -177,14 +177,7 @@ pub fn unique_suffix(now_ms: u64, writer: u32, seq: u64) -> String {
 
 /// Percent-encodes everything outside `A-Z a-z 0-9 - _ . ~ =`, so a value is one path segment.
 pub(crate) fn encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || b"-_.~=".contains(&b) {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
+    let mut out = sluice_provider_core::percent::encode(bytes, |b| b.is_ascii_alphanumeric() || b"-_.~=".contains(&b));
     if out.is_empty() || out == "." || out == ".." {
         out = out.replace('.', "%2E");
         if out.is_empty() {
