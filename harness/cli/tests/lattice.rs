@@ -458,22 +458,32 @@ async fn undeploying_a_pipeline_drains_its_links_while_the_shared_provider_serve
     let step1 = d1.ids.step.clone();
     d1.undeploy().await.unwrap();
 
-    // The first pipeline's links are gone from the shared providers; the second's remain.
-    let status: Value = serde_json::from_slice(
-        &lattice
-            .nats()
-            .request(sluice_provider_status_subject("plant", &source), "".into())
-            .await
+    // The first pipeline's links are gone from the shared providers; the second's remain. wadm
+    // reports the undeploy once the host has the link deleted; the provider lists a deleted link
+    // until its drain has finished, so it is asked again for a few seconds.
+    let link_components = || async {
+        let status: Value = serde_json::from_slice(
+            &lattice
+                .nats()
+                .request(sluice_provider_status_subject("plant", &source), "".into())
+                .await
+                .unwrap()
+                .payload,
+        )
+        .unwrap();
+        status["links"]
+            .as_array()
             .unwrap()
-            .payload,
-    )
-    .unwrap();
-    let components: Vec<_> = status["links"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["component"].as_str().unwrap().to_string())
-        .collect();
+            .iter()
+            .map(|l| l["component"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut components = link_components().await;
+    while components.contains(&step1) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        components = link_components().await;
+    }
     assert!(!components.contains(&step1), "{components:?}");
     assert!(components.contains(&d2.ids.step), "{components:?}");
 
