@@ -18,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod link;
 pub mod metrics;
+pub mod otel_metrics;
 pub mod percent;
 pub mod request;
 pub mod sink;

@@ -71,6 +71,15 @@ where
         engine: Arc::new(Engine::new(source, sink)),
         wrpc: Arc::default(),
     };
+    // The SDK installed the global meter provider above when the host's `otel` settings enable
+    // metrics; otherwise these instruments are never read.
+    let _instruments = {
+        let engine = Arc::downgrade(&provider.engine);
+        crate::otel_metrics::register(
+            &opentelemetry::global::meter(crate::otel_metrics::SCOPE),
+            Arc::new(move || engine.upgrade().map(|e| e.status()).unwrap_or_default()),
+        )
+    };
     // Boxed: inlined, its state would deepen every provider's main future past the compiler's
     // layout recursion limit.
     let started = Box::pin(async {

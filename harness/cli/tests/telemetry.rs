@@ -1,14 +1,14 @@
-//! Traces across hops on the real host: HTTP -> step -> MQTT with the host and its providers
-//! exporting spans over OTLP to an in-process receiver. The trace a device's request came with
-//! (its `traceparent`) runs on through the HTTP provider's request, the host's invocation of the
-//! step and the MQTT provider's `sink.write`.
+//! Telemetry on the real host: HTTP -> step -> MQTT with the host and its providers exporting
+//! over OTLP to an in-process receiver. The trace a device's request came with (its
+//! `traceparent`) runs on through the HTTP provider's request, the host's invocation of the step
+//! and the MQTT provider's `sink.write`; each provider exports its links' counters as metrics.
 //!
 //! A test binary of its own: the host runs in this process and exports through this process's
 //! `tracing` subscriber, which can be installed once.
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use common::lattice::{archives, pipeline_dir};
@@ -16,7 +16,7 @@ use sluice_deploy::host::HostOptions;
 use sluice_deploy::local::LocalLattice;
 use sluice_deploy::pipeline::Deployment;
 use sluice_deploy::spec::PipelineSpec;
-use sluice_integration::otlp::{OtlpReceiver, ReceivedSpan};
+use sluice_integration::otlp::{OtlpReceiver, ReceivedPoint, ReceivedSpan};
 use sluice_integration::servers::{free_port, Mosquitto};
 use wasmcloud_core::logging::Level;
 use wasmcloud_core::{OtelConfig, OtelProtocol};
@@ -41,13 +41,48 @@ fn hops(spans: &[ReceivedSpan]) -> Option<Vec<ReceivedSpan>> {
     (source && invocation && write).then_some(trace)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_trace_spans_the_source_provider_the_step_and_the_sink_provider() {
+/// Readings the device sends in its one request.
+const READINGS: i64 = 3;
+
+/// The latest value of `metric` each provider exported for its links in `role`, by service.
+fn latest(points: &[ReceivedPoint], metric: &str, role: &str) -> BTreeMap<String, i64> {
+    points
+        .iter()
+        .filter(|p| p.metric == metric && p.attributes.get("sluice.link.role").map(String::as_str) == Some(role))
+        .map(|p| (p.service.clone(), p.value))
+        .collect()
+}
+
+/// Whether the HTTP provider's source link reported every reading delivered, and the MQTT
+/// provider's sink link every output written.
+fn counted(points: &[ReceivedPoint]) -> bool {
+    let reached = |metric: &str, role: &str, service: &str| {
+        latest(points, metric, role)
+            .iter()
+            .any(|(s, v)| s.contains(service) && *v == READINGS)
+    };
+    reached("sluice.link.delivered", "source", "http-inproc") && reached("sluice.link.written", "sink", "mqtt")
+}
+
+#[test]
+fn one_trace_spans_the_source_provider_the_step_and_the_sink_provider_and_links_export_counters() {
+    // The host hands `OTEL_*` variables on to its providers: export metrics every second rather
+    // than every minute. Set before any thread of the runtime exists.
+    std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "1000");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(traced_and_counted());
+}
+
+async fn traced_and_counted() {
     let receiver = OtlpReceiver::start().await.unwrap();
     let otel = OtelConfig {
         enable_observability: true,
         enable_traces: Some(true),
-        enable_metrics: Some(false),
+        enable_metrics: Some(true),
         enable_logs: Some(false),
         observability_endpoint: Some(receiver.endpoint()),
         protocol: OtelProtocol::Http,
@@ -57,7 +92,10 @@ async fn one_trace_spans_the_source_provider_the_step_and_the_sink_provider() {
     // like a provider's, it drops what is below its log level.
     let (dispatch, _flush) = wasmcloud_tracing::configure_observability(
         "sluice-test-host",
-        &otel,
+        &OtelConfig {
+            enable_metrics: Some(false),
+            ..otel.clone()
+        },
         false,
         None::<&std::path::Path>,
         Some(&Level::Info),
@@ -108,7 +146,9 @@ sink:
         .post(format!("http://127.0.0.1:{port}/ingest/t"))
         .header("content-type", "application/x-ndjson")
         .header("traceparent", format!("00-{DEVICE_TRACE}-00f067aa0ba902b7-01"))
-        .body("{\"device\":\"t-1\",\"temp\":1,\"site\":\"t\"}\n")
+        .body((0..READINGS).fold(String::new(), |body, i| {
+            body + &format!("{{\"device\":\"t-{i}\",\"temp\":1,\"site\":\"t\"}}\n")
+        }))
         .send()
         .await
         .unwrap();
@@ -137,6 +177,32 @@ sink:
     let services: std::collections::BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
     eprintln!("trace {DEVICE_TRACE}: {} spans from {services:?}", spans.len());
     assert!(services.len() >= 3, "three processes' spans in the trace: {services:?}");
+
+    // Each provider's link counters, as metrics: the readings delivered by the HTTP provider's
+    // source link, written by the MQTT provider's sink link.
+    let deadline = Instant::now() + WAIT;
+    while !counted(&receiver.points()) {
+        let points = receiver.points();
+        assert!(
+            Instant::now() < deadline,
+            "the providers' link counters did not reach {READINGS}: delivered {:?}, written {:?}",
+            latest(&points, "sluice.link.delivered", "source"),
+            latest(&points, "sluice.link.written", "sink"),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let points = receiver.points();
+    let link = points
+        .iter()
+        .find(|p| p.metric == "sluice.link.written")
+        .map(|p| p.attributes.clone())
+        .unwrap_or_default();
+    eprintln!("metrics: {} points; a sink link's attributes: {link:?}", points.len());
+    assert!(
+        link.get("sluice.link.component").is_some_and(|c| !c.is_empty())
+            && link.get("sluice.link.name").is_some_and(|n| !n.is_empty()),
+        "a link's metrics name its component and link: {link:?}"
+    );
     deployment.undeploy().await.unwrap();
     lattice.stop().await.unwrap();
 }
