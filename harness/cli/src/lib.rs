@@ -5,11 +5,13 @@
 //! The binary (`src/bin/sluice`) only parses arguments; everything it does lives here or in
 //! `sluice-deploy` so tests, benchmarks and other tools can use it.
 
+pub mod cases;
 pub mod component;
 pub mod compose;
 pub mod guest;
 pub mod limits;
 pub mod policy;
+pub mod step_host;
 pub mod stub;
 pub mod templates;
 pub mod trusted;

@@ -9,6 +9,9 @@ use thiserror::Error;
 /// The contract every template builds against.
 const PIPELINE_WIT: &str = include_str!("../../../wit/pipeline.wit");
 
+/// The cases every template ships (`sluice test`): the templates behave alike.
+const CASES: &str = include_str!("../templates/cases.yaml");
+
 /// A language customer logic can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Language {
@@ -31,16 +34,19 @@ impl Language {
                 ("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
                 ("src/lib.rs", include_str!("../templates/rust/lib.rs")),
                 ("README.md", include_str!("../templates/rust/README.md")),
+                ("cases.yaml", CASES),
                 (".gitignore", "/target\n"),
             ],
             Language::Python => &[
                 ("app.py", include_str!("../templates/python/app.py")),
                 ("README.md", include_str!("../templates/python/README.md")),
+                ("cases.yaml", CASES),
                 (".gitignore", "/logic.wasm\n__pycache__/\n"),
             ],
             Language::Js => &[
                 ("logic.js", include_str!("../templates/js/logic.js")),
                 ("README.md", include_str!("../templates/js/README.md")),
+                ("cases.yaml", CASES),
                 (".gitignore", "/logic.wasm\n"),
             ],
         }

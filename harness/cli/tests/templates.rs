@@ -9,9 +9,9 @@ use common::fixtures::{self, Lang};
 use common::host::{message, Bounds, Failure, Rejected, StepHost};
 use sluice_cli::compose::compose;
 
-/// The first command of the README's `## Build` section (the first ```sh block after it).
-fn build_command(readme: &str) -> String {
-    let build = &readme[readme.find("## Build").expect("a Build section")..];
+/// The first command of the README's `section` (the first ```sh block after its heading).
+fn command_of(readme: &str, section: &str) -> String {
+    let build = &readme[readme.find(section).unwrap_or_else(|| panic!("a {section} section"))..];
     let block = &build[build.find("```sh\n").expect("a sh block") + 6..];
     block[..block.find("```").unwrap()]
         .replace("\\\n", " ")
@@ -35,7 +35,7 @@ fn each_template_builds_as_its_readme_says_composes_and_runs() {
         let dir = root.join(lang.name());
         new_logic(lang, &dir);
         let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
-        let command = build_command(&readme);
+        let command = command_of(&readme, "## Build");
         let logic = match lang {
             // The README's cargo command, with the guest target directory shared between tests
             // so the standard library is built once.
@@ -71,6 +71,28 @@ fn each_template_builds_as_its_readme_says_composes_and_runs() {
         );
         let payloads: Vec<Vec<u8>> = instance.records().into_iter().map(|m| m.payload).collect();
         assert_eq!(payloads, vec![b"a".to_vec(), b"b".to_vec()], "{lang:?}");
+
+        // The README's test command passes the template's own cases.
+        let test = command_of(&readme, "## Test");
+        assert!(
+            test.starts_with("sluice test ") && test.contains("cases.yaml"),
+            "{test}"
+        );
+        if lang == Lang::Rust {
+            // Built by the fixture into the shared guest target rather than the project's own.
+            std::fs::create_dir_all(dir.join("target/wasm32-unknown-unknown/release")).unwrap();
+            std::fs::write(dir.join("target/wasm32-unknown-unknown/release/my_logic.wasm"), &logic).unwrap();
+        }
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(test.split_whitespace().skip(1))
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{lang:?}: {test}: {output:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("2 passed, 0 failed"),
+            "{lang:?}: {output:?}"
+        );
     }
     std::fs::remove_dir_all(&root).unwrap();
 }

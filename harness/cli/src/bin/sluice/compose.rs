@@ -17,6 +17,14 @@ pub struct Args {
     /// Where to write the composed step.
     #[arg(short, long, default_value = "step.wasm")]
     output: PathBuf,
+    #[command(flatten)]
+    options: Options,
+}
+
+/// How logic is composed into a step: the import policy and the output limits (shared by
+/// `sluice compose` and `sluice test --logic`).
+#[derive(Debug, clap::Args)]
+pub struct Options {
     /// What to do with imports the policy forbids: refuse the logic, or satisfy them with stubs
     /// whose every function traps.
     #[arg(long, value_enum, default_value_t = Deny::Refuse)]
@@ -36,6 +44,27 @@ pub struct Args {
     max_bytes: u64,
 }
 
+impl Options {
+    /// The compose options these flags ask for.
+    pub fn compose_options(self) -> ComposeOptions {
+        ComposeOptions {
+            policy: if self.no_default_allow {
+                Policy::new(self.allow)
+            } else {
+                Policy::default_and(self.allow)
+            },
+            deny: match self.deny {
+                Deny::Refuse => DenyMode::Refuse,
+                Deny::Trap => DenyMode::Trap,
+            },
+            limits: Limits {
+                max_records: self.max_records,
+                max_bytes: self.max_bytes,
+            },
+        }
+    }
+}
+
 /// How forbidden imports are handled.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Deny {
@@ -46,21 +75,7 @@ enum Deny {
 /// Runs `sluice compose`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let logic = std::fs::read(&args.logic).with_context(|| format!("reading {}", args.logic.display()))?;
-    let options = ComposeOptions {
-        policy: if args.no_default_allow {
-            Policy::new(args.allow)
-        } else {
-            Policy::default_and(args.allow)
-        },
-        deny: match args.deny {
-            Deny::Refuse => DenyMode::Refuse,
-            Deny::Trap => DenyMode::Trap,
-        },
-        limits: Limits {
-            max_records: args.max_records,
-            max_bytes: args.max_bytes,
-        },
-    };
+    let options = args.options.compose_options();
     let composed = compose(&logic, &options)?;
     std::fs::write(&args.output, &composed.bytes).with_context(|| format!("writing {}", args.output.display()))?;
     for import in &composed.stubbed {

@@ -1,4 +1,4 @@
-//! `sluice`: compose pipeline steps, scaffold customer logic, render pipeline specs as wadm
+//! `sluice`: compose pipeline steps, scaffold and test customer logic, render pipeline specs as wadm
 //! manifests, run them locally, and deploy, watch and undeploy them on a lattice. Each subcommand lives in its own module; this file only parses and
 //! dispatches.
 
@@ -9,6 +9,7 @@ mod new;
 mod render;
 mod run;
 mod status;
+mod test;
 mod undeploy;
 
 use std::process::ExitCode;
@@ -30,6 +31,8 @@ enum Command {
     /// Create a project from a template.
     #[command(subcommand)]
     New(new::What),
+    /// Run a cases file (input records, expected outputs and rejects) against logic or a step.
+    Test(test::Args),
     /// Render a pipeline spec as a wadm manifest.
     Render(render::Args),
     /// Run a pipeline on a local lattice (embedded wasmCloud host and wadm) until Ctrl-C.
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     let outcome = match Cli::parse().command {
         Command::Compose(args) => compose::run(args),
         Command::New(what) => new::run(what),
+        Command::Test(args) => test::run(args),
         Command::Render(args) => render::run(args),
         Command::Run(args) => run::run(args),
         Command::Deploy(args) => deploy::run(args),
