@@ -153,3 +153,95 @@ async fn fan_out_gives_both_branches_every_record_and_a_stalled_branch_does_not_
     deployment.undeploy().await.unwrap();
     lattice.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pipeline_reading_another_pipelines_output_gets_every_record() {
+    sluice_integration::init_tracing();
+    let _permit = LATTICES.acquire().await.unwrap();
+    let (par, dir) = (archives().await, pipeline_dir());
+    let relay_step = relay(&ComposeOptions::default()).expect("compose the relay");
+    std::fs::write(dir.join("steps/relay.wasm"), &relay_step.bytes).unwrap();
+    std::fs::write(dir.join("steps/alerts.wasm"), &relay_step.bytes).unwrap();
+    let (mqtt, s3) = (Mosquitto::start().unwrap(), S3Server::start().unwrap());
+    let client = s3.client();
+    s3.create_bucket("alerts").await.unwrap();
+    let mut lattice = LocalLattice::start(None).await.unwrap();
+    lattice.add_host("customer-a").await.unwrap();
+    lattice
+        .serve_secrets("nats-kv", secrets("readings-alerts", &s3, "customer-a"))
+        .await
+        .unwrap();
+    // Both pipelines run on one host: their hops go through one shared JetStream provider (a
+    // wasmCloud 1.x host cannot run two providers from one archive).
+    let hops = sluice_deploy::pipeline::SharedProviders::start(
+        lattice.nats(),
+        "hop-providers",
+        "customer-a",
+        &["jetstream"],
+        &par,
+    )
+    .await
+    .unwrap();
+    let nats_url = lattice.nats_url().to_string();
+    let upstream = DagSpec::parse(&format!(
+        "name: cleaned-readings
+lattice: customer-a
+source: {{ provider: mqtt, config: {{ url: '{}', topics: 'plant/#', qos: 1 }} }}
+steps:
+  clean: {{ component: steps/sensors.wasm }}
+hops: {{ shared: hop-providers, config: {{ url: '{nats_url}' }} }}
+",
+        mqtt.url()
+    ))
+    .unwrap();
+    let downstream = DagSpec::parse(&format!(
+        "name: readings-alerts
+lattice: customer-a
+source: {{ pipeline: cleaned-readings, output: clean }}
+steps:
+  alerts: {{ component: steps/alerts.wasm, to: [archive] }}
+sinks:
+  archive:
+    provider: s3
+    config: {{ endpoint: '{}', bucket: alerts, payload_encoding: utf8, max_object_age: 1s }}
+    secrets: {{ access_key_id: customer-a-s3-access-key-id, secret_access_key: customer-a-s3-secret-access-key }}
+hops: {{ shared: hop-providers, config: {{ url: '{nats_url}' }} }}
+",
+        s3.endpoint()
+    ))
+    .unwrap();
+    let a = DagDeployment::start(lattice.nats(), &upstream, &par, &dir)
+        .await
+        .unwrap();
+    let b = DagDeployment::start(lattice.nats(), &downstream, &par, &dir)
+        .await
+        .unwrap();
+    a.wait_linked(WAIT).await.unwrap();
+    b.wait_linked(WAIT).await.unwrap();
+
+    let n = 200;
+    let wanted = expected("sub-", n);
+    publish(&mqtt, "plant/line-1", "sub-", n);
+    let got = wait_s3(&client, "alerts", &wanted).await;
+    let progress = b.progress().await;
+    let duplicated = assert_landed(
+        "sub-pipeline, readings-alerts <- cleaned-readings",
+        &got,
+        &wanted,
+        &progress,
+    );
+    assert_eq!(got.len(), n, "only the published records: {got:?}");
+    // The downstream pipeline read the upstream's hop through a consumer of its own.
+    let upstream_hop = progress
+        .hops
+        .iter()
+        .find(|h| h.stream == "sluice_customer-a_cleaned-readings_clean")
+        .expect("the upstream hop is watched");
+    assert!(upstream_hop.messages.unwrap_or(0) >= n as u64, "{progress}");
+    eprintln!("sub-pipeline: {n} records, 0 lost, {duplicated} duplicated\n{progress}");
+
+    b.undeploy().await.unwrap();
+    a.undeploy().await.unwrap();
+    hops.undeploy().await.unwrap();
+    lattice.stop().await.unwrap();
+}
