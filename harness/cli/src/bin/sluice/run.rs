@@ -188,6 +188,12 @@ async fn watch_dag(
 ) -> anyhow::Result<()> {
     let deployment = DagDeployment::start(nats, spec, par_dir, spec_dir).await?;
     eprintln!("deployed; Ctrl-C to undeploy and stop");
+    // Every link live at its provider (a link a provider missed is put again); the counts show
+    // what is still missing otherwise.
+    match deployment.wait_linked(sluice_deploy::pipeline::DEPLOY_TIMEOUT).await {
+        Ok(_) => eprintln!("every link is live"),
+        Err(err) => eprintln!("{err:#}"),
+    }
     let stop = stopped(duration);
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
