@@ -109,6 +109,13 @@ async fn fan_out_gives_both_branches_every_record_and_a_stalled_branch_does_not_
         "the archive branch stopped while Kafka was down:\n{stalled}"
     );
     let archive_while_frozen = frozen_at.elapsed();
+    // The warehouse branch's records reach its hop and wait there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut stalled = stalled;
+    while warehouse_backlog(&stalled).unwrap_or(0) == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        stalled = deployment.progress().await;
+    }
     let backlog = warehouse_backlog(&stalled);
     assert!(
         backlog.is_some_and(|b| b > 0),
