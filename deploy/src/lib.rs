@@ -2,6 +2,7 @@
 //!
 //! - [`spec`]: a customer's pipeline spec (`pipeline.yaml`), checked with field paths in errors;
 //! - [`manifest`]: the spec rendered as a wadm `core.oam.dev/v1beta1` Application;
+//! - [`dag`]: multi-step specs (`steps:`/`sinks:` joined by JetStream hops), rendered, deployed, watched;
 //! - [`archive`]: provider archives (`.par.gz`, written by `cargo xtask par`) read back as the host does;
 //! - [`host`]: an embedded wasmCloud 1.x host (`wasmcloud-host` 0.27.1, as `release-1.9.x`);
 //! - [`wadm`]: embedded wadm (`wadm` 0.21.1) and a client for its API;
@@ -14,6 +15,7 @@
 
 pub mod archive;
 pub mod children;
+pub mod dag;
 pub mod digest;
 pub mod host;
 pub mod local;

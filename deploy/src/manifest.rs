@@ -307,13 +307,18 @@ pub struct SecretSource {
 /// host already has, whatever its config, so a link whose config changed must differ by name to
 /// be seen (and replaced, see [`crate::pipeline`]).
 fn side(name: Option<String>, config_name: &str, endpoint: &Endpoint) -> LinkSide {
-    let properties: BTreeMap<_, _> = endpoint
-        .config
-        .iter()
-        .map(|(k, v)| (k.clone(), v.to_string()))
-        .collect();
-    let secrets: Vec<SecretRef> = endpoint
-        .secrets
+    link_side(name, config_name, &endpoint.config, &endpoint.secrets)
+}
+
+/// [`side`] from a config and secrets of a link.
+pub(crate) fn link_side(
+    name: Option<String>,
+    config_name: &str,
+    config: &BTreeMap<String, crate::spec::ConfigValue>,
+    secrets: &BTreeMap<String, String>,
+) -> LinkSide {
+    let properties: BTreeMap<_, _> = config.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+    let secrets: Vec<SecretRef> = secrets
         .iter()
         .map(|(key, secret)| SecretRef {
             name: key.clone(),
@@ -427,7 +432,7 @@ fn provider_config(name: String, endpoint: &Endpoint) -> Vec<NamedConfig> {
     }]
 }
 
-fn link(target: LinkSide, interface: &str, source: Option<LinkSide>, name: Option<String>) -> Trait {
+pub(crate) fn link(target: LinkSide, interface: &str, source: Option<LinkSide>, name: Option<String>) -> Trait {
     Trait::Link(Box::new(Link {
         target,
         namespace: WIT_NAMESPACE.into(),

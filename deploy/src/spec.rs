@@ -99,7 +99,7 @@ pub enum SpecError {
 }
 
 impl SpecError {
-    fn field(path: impl Into<String>, expected: impl Into<String>) -> Self {
+    pub(crate) fn field(path: impl Into<String>, expected: impl Into<String>) -> Self {
         Self::Field {
             path: path.into(),
             expected: expected.into(),
@@ -356,7 +356,7 @@ impl PipelineSpec {
     }
 }
 
-fn is_app_name(name: &str) -> bool {
+pub(crate) fn is_app_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('-')
         && name
@@ -370,7 +370,11 @@ pub fn provider_kind(name: &str) -> Option<ProviderKind> {
     PROVIDERS.iter().copied().find(|k| k.name == name)
 }
 
-fn check_endpoint(role: &str, endpoint: &Endpoint, can: impl Fn(&ProviderKind) -> bool) -> Result<(), SpecError> {
+pub(crate) fn check_endpoint(
+    role: &str,
+    endpoint: &Endpoint,
+    can: impl Fn(&ProviderKind) -> bool,
+) -> Result<(), SpecError> {
     let allowed: Vec<_> = PROVIDERS.iter().filter(|k| can(k)).map(|k| k.name).collect();
     match provider_kind(&endpoint.provider) {
         Some(kind) if can(&kind) => {}

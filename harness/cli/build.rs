@@ -1,4 +1,5 @@
-//! Builds the trusted `in` and `out` guests (`harness/in`, `harness/out`) to core Wasm modules and
+//! Builds the trusted `in` and `out` guests and the relay's identity logic (`harness/in`,
+//! `harness/out`, `harness/identity`) to core Wasm modules and
 //! places them in `OUT_DIR`, where `src/trusted.rs` embeds them, so the `sluice` binary carries the
 //! components it composes around customer logic.
 //!
@@ -21,6 +22,9 @@ fn main() {
         "in/Cargo.lock",
         "out/src",
         "out/Cargo.toml",
+        "identity/src",
+        "identity/Cargo.toml",
+        "identity/Cargo.lock",
         "shared",
     ] {
         println!("cargo:rerun-if-changed={}", harness.join(watched).display());
@@ -39,7 +43,7 @@ fn main() {
 
     let target_dir = guest_target_dir(&out_dir);
     let toolchain = guest::Toolchain::from_env();
-    for name in ["in", "out"] {
+    for name in ["in", "out", "identity"] {
         let module = guest::build_rust(&toolchain, &harness.join(name), &target_dir)
             .unwrap_or_else(|e| panic!("building the trusted `{name}` component: {e}"));
         std::fs::copy(&module, out_dir.join(format!("{name}.wasm")))

@@ -191,6 +191,14 @@ pub fn compose(logic: &[u8], options: &ComposeOptions) -> Result<Composed, Compo
     })
 }
 
+/// Composes a relay step: the trusted `in` and `out` components around an identity logic (every
+/// batch goes out as it came in). A multi-step pipeline renders one relay per sink fed from a
+/// JetStream hop, so a sink provider is always called by a trusted component. The output limits
+/// of `options` apply; its policy and deny mode do not matter (the identity logic imports nothing).
+pub fn relay(options: &ComposeOptions) -> Result<Composed, ComposeError> {
+    compose(&trusted::identity_component()?, options)
+}
+
 /// Checks that no allowed import of the logic uses types of a forbidden one: the host provides
 /// the allowed ones and a stub the forbidden ones, and a type cannot come from both.
 fn check_closed(logic: &Decoded, forbidden: &[String]) -> Result<(), ComposeError> {

@@ -42,6 +42,23 @@ fn the_rust_step_world_is_exactly_ingest_and_sink_plus_logging_and_the_clock() {
 }
 
 #[test]
+fn the_relay_world_is_exactly_ingest_and_sink_plus_logging_and_the_clock() {
+    let composed = sluice_cli::compose::relay(&ComposeOptions::default()).unwrap();
+    let world = World::of("the relay", &composed.bytes).unwrap();
+    assert_eq!(names(world.export_names()), names(vec![INGEST]));
+    assert_eq!(
+        names(world.import_names()),
+        names(vec![
+            "sluice:pipeline/types@0.1.0",
+            SINK,
+            "wasi:logging/logging@0.1.0-draft",
+            "wasi:clocks/monotonic-clock@0.2.0",
+        ])
+    );
+    assert!(composed.stubbed.is_empty());
+}
+
+#[test]
 fn python_and_js_steps_keep_only_ingest_sink_and_allowed_imports() {
     for lang in [Lang::Python, Lang::Js] {
         let options = fixtures::compose_options(lang);

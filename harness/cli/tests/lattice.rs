@@ -7,6 +7,8 @@
 #[path = "lattice/buffer.rs"]
 mod buffer;
 mod common;
+#[path = "lattice/dag.rs"]
+mod dag;
 #[path = "lattice/deploy.rs"]
 mod deploy;
 #[path = "lattice/examples.rs"]

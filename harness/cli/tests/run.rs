@@ -334,3 +334,41 @@ fn with_deny_trap_calling_a_forbidden_import_traps() {
         assert!(step.written().is_empty());
     }
 }
+
+#[test]
+fn the_relay_passes_every_record_on_unchanged_and_keeps_the_output_limits() {
+    let relay = sluice_cli::compose::relay(&ComposeOptions::default()).expect("compose the relay");
+    let host = StepHost::new(&relay.bytes, Bounds::default()).unwrap();
+    let mut instance = host.instantiate().unwrap();
+    // Binary payloads, keys, repeated headers, timestamps and origins, as a hop delivers them.
+    let batch: Vec<Message> = (0..50u8)
+        .map(|i| Message {
+            key: Some(vec![i, 0xff, 0]),
+            payload: (0..=255u8).map(|b| b.wrapping_add(i)).collect(),
+            headers: vec![("h".into(), vec![i]), ("h".into(), b"again".to_vec())],
+            timestamp_ms: Some(1_700_000_000_000 + u64::from(i)),
+            origin: format!("jetstream:s/sub#{i}"),
+        })
+        .collect();
+    assert_eq!(instance.deliver(&batch).unwrap(), Ok(()));
+    assert_eq!(instance.records(), batch);
+    // An empty batch is written as such.
+    assert_eq!(instance.deliver(&[]).unwrap(), Ok(()));
+
+    // The out component's limits hold for a relay too: a batch over them is rejected whole.
+    let small = sluice_cli::compose::relay(&ComposeOptions {
+        limits: Limits {
+            max_records: 10,
+            ..Limits::default()
+        },
+        ..ComposeOptions::default()
+    })
+    .unwrap();
+    let host = StepHost::new(&small.bytes, Bounds::default()).unwrap();
+    let mut instance = host.instantiate().unwrap();
+    match instance.deliver(&batch[..11]).unwrap() {
+        Err(Failure::Reject(rejected)) => assert_eq!(rejected.len(), 11),
+        other => panic!("expected the batch rejected, got {other:?}"),
+    }
+    assert!(instance.records().is_empty());
+}

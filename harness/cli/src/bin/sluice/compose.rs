@@ -1,9 +1,10 @@
-//! `sluice compose`: check a logic component's imports and compose it into a step.
+//! `sluice compose`: check a logic component's imports and compose it into a step, or compose a
+//! relay step (`--relay`: trusted in + identity + out) for the sinks of a multi-step pipeline.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use sluice_cli::compose::{compose, ComposeOptions, DenyMode};
+use sluice_cli::compose::{compose, relay, ComposeOptions, DenyMode};
 use sluice_cli::limits::Limits;
 use sluice_cli::policy::{Policy, Rule};
 
@@ -12,8 +13,12 @@ use sluice_cli::policy::{Policy, Rule};
 pub struct Args {
     /// The customer's logic: a component exporting `sluice:pipeline/transform` (or a core module
     /// built with wit-bindgen).
+    #[arg(long, required_unless_present = "relay", conflicts_with = "relay")]
+    logic: Option<PathBuf>,
+    /// Compose a relay step instead: the trusted in and out components around an identity logic
+    /// (what a multi-step pipeline puts in front of each sink fed from a JetStream hop).
     #[arg(long)]
-    logic: PathBuf,
+    relay: bool,
     /// Where to write the composed step.
     #[arg(short, long, default_value = "step.wasm")]
     output: PathBuf,
@@ -74,9 +79,14 @@ enum Deny {
 
 /// Runs `sluice compose`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let logic = std::fs::read(&args.logic).with_context(|| format!("reading {}", args.logic.display()))?;
     let options = args.options.compose_options();
-    let composed = compose(&logic, &options)?;
+    let composed = match &args.logic {
+        Some(path) => {
+            let logic = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            compose(&logic, &options)?
+        }
+        None => relay(&options)?,
+    };
     std::fs::write(&args.output, &composed.bytes).with_context(|| format!("writing {}", args.output.display()))?;
     for import in &composed.stubbed {
         eprintln!("stubbed (traps when called): {import}");

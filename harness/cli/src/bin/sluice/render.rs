@@ -1,10 +1,11 @@
-//! `sluice render pipeline.yaml`: the spec as a wadm manifest, on stdout or in a file.
+//! `sluice render pipeline.yaml`: the spec (one step, or several joined by JetStream hops) as a
+//! wadm manifest, on stdout or in a file.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use sluice_deploy::dag::{render_dag, AnySpec, DagImages};
 use sluice_deploy::manifest::{render, Images, DEFAULT_ARTIFACTS};
-use sluice_deploy::spec::PipelineSpec;
 
 /// `sluice render` options.
 #[derive(Debug, clap::Args)]
@@ -22,8 +23,10 @@ pub struct Args {
 
 /// Renders the spec.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let spec = PipelineSpec::from_file(&args.spec)?;
-    let yaml = render(&spec, &Images::under(&args.artifacts, &spec)).to_yaml();
+    let yaml = match AnySpec::from_file(&args.spec)? {
+        AnySpec::Single(spec) => render(&spec, &Images::under(&args.artifacts, &spec)).to_yaml(),
+        AnySpec::Dag(spec) => render_dag(&spec, &DagImages::under(&args.artifacts, &spec)).to_yaml(),
+    };
     match args.output {
         Some(path) => std::fs::write(&path, yaml).with_context(|| format!("failed to write {}", path.display())),
         None => {

@@ -1,6 +1,8 @@
 //! `sluice run pipeline.yaml`: start (or reuse) a local nats-server with JetStream, an embedded
 //! wasmCloud host and wadm, deploy the pipeline through wadm, show its counters on one line until
-//! Ctrl-C or SIGTERM, then undeploy and stop everything, ending any process the host left behind. `--lattice-url` deploys to an existing lattice
+//! Ctrl-C or SIGTERM, then undeploy and stop everything, ending any process the host left behind.
+//! A multi-step spec shows every link's counters and every hop's backlog instead, and its hops
+//! default to the local lattice's JetStream. `--lattice-url` deploys to an existing lattice
 //! (its hosts and wadm) instead.
 
 use std::collections::HashMap;
@@ -10,10 +12,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sluice_deploy::children;
+use sluice_deploy::dag::{AnySpec, DagDeployment, DagSpec};
 use sluice_deploy::local::LocalLattice;
 use sluice_deploy::pipeline::Deployment;
 use sluice_deploy::secrets::SecretEntry;
-use sluice_deploy::spec::PipelineSpec;
+use sluice_deploy::spec::{ConfigValue, PipelineSpec};
 
 use crate::lattice::LOCAL_NATS;
 
@@ -56,7 +59,12 @@ async fn local_nats_answers() -> bool {
 }
 
 async fn run_async(args: Args) -> anyhow::Result<()> {
-    let spec = PipelineSpec::from_file(&args.spec)?;
+    let mut spec = AnySpec::from_file(&args.spec)?;
+    let (app, lattice_name, backend) = (
+        spec.name().to_string(),
+        spec.lattice().to_string(),
+        spec.secret_backend().to_string(),
+    );
     let spec_dir = args.spec.parent().map_or_else(|| PathBuf::from("."), PathBuf::from);
     let par_dir = args.par_dir.clone().unwrap_or_else(default_par_dir);
     let secrets: HashMap<String, SecretEntry> = args
@@ -68,7 +76,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
                 name.to_string(),
                 SecretEntry {
                     value: value.to_string(),
-                    application: Some(spec.name.clone()),
+                    application: Some(app.clone()),
                 },
             ))
         })
@@ -85,19 +93,29 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
             let reuse = local_nats_answers().await.then_some(LOCAL_NATS);
             eprintln!(
                 "starting wadm and a wasmCloud host on lattice `{}` ({})",
-                spec.lattice,
+                lattice_name,
                 reuse.map_or("new nats-server", |_| "reusing nats-server at 127.0.0.1:4222")
             );
             let mut lattice = LocalLattice::start(reuse).await?;
-            lattice.add_host(&spec.lattice).await?;
-            lattice.serve_secrets(&spec.secret_backend, secrets).await?;
+            lattice.add_host(&lattice_name).await?;
+            lattice.serve_secrets(&backend, secrets).await?;
+            // Hops without a server of their own go through this lattice's JetStream.
+            if let AnySpec::Dag(dag) = &mut spec {
+                dag.hops
+                    .config
+                    .entry("url".into())
+                    .or_insert_with(|| ConfigValue::String(lattice.nats_url().to_string()));
+            }
             let nats = lattice.nats().clone();
             (Some(lattice), nats)
         }
     };
 
-    eprintln!("deploying `{}` through wadm", spec.name);
-    let result = watch(&nats, &spec, &par_dir, &spec_dir, args.duration).await;
+    eprintln!("deploying `{app}` through wadm");
+    let result = match &spec {
+        AnySpec::Single(spec) => watch(&nats, spec, &par_dir, &spec_dir, args.duration).await,
+        AnySpec::Dag(spec) => watch_dag(&nats, spec, &par_dir, &spec_dir, args.duration).await,
+    };
     if let Some(lattice) = lattice {
         eprintln!("stopping the host, wadm and nats-server");
         let stopped = lattice.stop().await;
@@ -123,6 +141,14 @@ async fn interrupted() {
     }
 }
 
+/// Resolves after `duration`, or at Ctrl-C or SIGTERM without one.
+async fn stopped(duration: Option<Duration>) {
+    match duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => interrupted().await,
+    }
+}
+
 async fn watch(
     nats: &async_nats::Client,
     spec: &PipelineSpec,
@@ -132,12 +158,7 @@ async fn watch(
 ) -> anyhow::Result<()> {
     let deployment = Deployment::start(nats, spec, par_dir, spec_dir).await?;
     eprintln!("deployed; Ctrl-C to undeploy and stop");
-    let stop = async {
-        match duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => interrupted().await,
-        }
-    };
+    let stop = stopped(duration);
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -154,5 +175,48 @@ async fn watch(
     println!();
     let last = deployment.progress().await;
     eprintln!("undeploying `{}` (last: {last})", spec.name);
+    deployment.undeploy().await
+}
+
+/// Runs a multi-step pipeline: every link's counters and every hop's backlog, redrawn each second.
+async fn watch_dag(
+    nats: &async_nats::Client,
+    spec: &DagSpec,
+    par_dir: &std::path::Path,
+    spec_dir: &std::path::Path,
+    duration: Option<Duration>,
+) -> anyhow::Result<()> {
+    let deployment = DagDeployment::start(nats, spec, par_dir, spec_dir).await?;
+    eprintln!("deployed; Ctrl-C to undeploy and stop");
+    // Every link live at its provider (a link a provider missed is put again); the counts show
+    // what is still missing otherwise.
+    match deployment.wait_linked(sluice_deploy::pipeline::DEPLOY_TIMEOUT).await {
+        Ok(_) => eprintln!("every link is live"),
+        Err(err) => eprintln!("{err:#}"),
+    }
+    let stop = stopped(duration);
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut drawn = 0;
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = tick.tick() => {
+                let block = deployment.progress().await.to_string();
+                let mut out = std::io::stdout().lock();
+                // Back to the start of the previous block, then each line cleared and drawn again.
+                if drawn > 0 {
+                    let _ = write!(out, "\x1b[{drawn}F");
+                }
+                for line in block.lines() {
+                    let _ = writeln!(out, "\x1b[2K{line}");
+                }
+                drawn = block.lines().count();
+                let _ = out.flush();
+            }
+        }
+    }
+    let last = deployment.progress().await;
+    eprintln!("undeploying `{}`; last counts:\n{last}", spec.name);
     deployment.undeploy().await
 }
