@@ -8,6 +8,7 @@ mod lattice;
 mod new;
 mod render;
 mod run;
+mod sign;
 mod status;
 mod undeploy;
 
@@ -32,6 +33,8 @@ enum Command {
     New(new::What),
     /// Render a pipeline spec as a wadm manifest.
     Render(render::Args),
+    /// Sign the pipeline's own copies of its provider archives; print the subjects to map its secrets to.
+    Sign(sign::Args),
     /// Run a pipeline on a local lattice (embedded wasmCloud host and wadm) until Ctrl-C.
     Run(run::Args),
     /// Deploy a pipeline through wadm on its lattice (a new version when the spec changed).
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Compose(args) => compose::run(args),
         Command::New(what) => new::run(what),
         Command::Render(args) => render::run(args),
+        Command::Sign(args) => sign::run(args),
         Command::Run(args) => run::run(args),
         Command::Deploy(args) => deploy::run(args),
         Command::Undeploy(args) => undeploy::run(args),
