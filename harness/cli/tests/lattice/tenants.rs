@@ -232,7 +232,8 @@ async fn customer_b_cannot_obtain_customer_as_s3_credentials_from_nats_kv() {
             .filter(|asked| asked.requester == sink_b.subject && asked.granted.is_some())
             .cloned()
             .collect();
-        if refused.len() >= 2 || tokio::time::Instant::now() > deadline {
+        // The host stops at the first secret refused.
+        if !refused.is_empty() || tokio::time::Instant::now() > deadline {
             break refused;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
