@@ -1,10 +1,25 @@
-//! Reading provider archives (`.par.gz`) back the way the host does (`provider-archive`'s reader).
-//! They are written by `cargo xtask par`.
+//! Provider archives (`.par.gz`): read back the way the host does (`provider-archive`'s reader),
+//! and each pipeline's own copies. They are written by `cargo xtask par`.
+//!
+//! **A pipeline's own provider identity.** wasmCloud's `nats-kv` secrets backend grants a secret to
+//! the subject of the requesting provider's claims (its service public key), not to an
+//! application: if one archive served customers A and B, a mapping that lets A's S3 sink read A's
+//! credentials would let B's read them too. So every pipeline runs its own copy of each provider
+//! archive ([`sign_for_pipeline`]), the same binary re-signed by the same issuer with a service key
+//! of that pipeline (kept in the keys directory, so the subject survives rebuilds and redeploys),
+//! in `<par dir>/pipelines/<lattice>/<pipeline>/` ([`pipeline_dir`]). The host hands that claims
+//! JWT to the secrets backend with every secret request for the provider's links, and the
+//! operator maps each pipeline's secrets to its providers' subjects only
+//! ([`PipelineArchive::add_mapping`]).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use provider_archive::ProviderArchive;
+/// The keys directory every archive is signed with (`cargo xtask par`'s).
+pub use xtask::keys::Keys;
+
+use crate::spec::{Endpoint, PipelineSpec};
 
 /// The archive of provider `package` in `dir`: `<dir>/<package>.par.gz`.
 #[must_use]
@@ -51,4 +66,117 @@ pub async fn inspect(path: &Path) -> anyhow::Result<ArchiveInfo> {
         targets: archive.targets(),
         binary_bytes,
     })
+}
+
+/// Where a pipeline's own copies of its provider archives live, under the archives' directory
+/// `par_dir`: `<par_dir>/pipelines/<lattice>/<pipeline>` (relative: [`pipeline_path`]).
+#[must_use]
+pub fn pipeline_dir(par_dir: &Path, spec: &PipelineSpec) -> PathBuf {
+    par_dir.join(pipeline_path(spec))
+}
+
+/// `pipelines/<lattice>/<pipeline>`: where a pipeline's copies are, below a directory of archives
+/// (or an OCI repository prefix, see [`crate::manifest::Images::under`]).
+#[must_use]
+pub fn pipeline_path(spec: &PipelineSpec) -> String {
+    format!("pipelines/{}/{}", spec.lattice, spec.name)
+}
+
+/// A pipeline's own copy of a provider archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineArchive {
+    /// The provider package, e.g. `sluice-provider-s3`.
+    pub provider: String,
+    /// The copy, `<pipeline dir>/<provider>.par.gz`.
+    pub path: PathBuf,
+    /// Its subject: the pipeline's service public key for this provider (`V...`).
+    pub subject: String,
+    /// Its issuer (`A...`), the same for every archive signed with one keys directory.
+    pub issuer: String,
+    /// The secrets (names in the backend) this provider's links of the pipeline read.
+    pub secrets: Vec<String>,
+}
+
+impl PipelineArchive {
+    /// The command that grants this provider the pipeline's secrets in wasmCloud's `nats-kv`
+    /// backend (`secrets-nats-kv add-mapping <subject> --secret <name>...`); `None` when its links
+    /// read no secret.
+    #[must_use]
+    pub fn add_mapping(&self) -> Option<String> {
+        if self.secrets.is_empty() {
+            return None;
+        }
+        let mut command = format!("secrets-nats-kv add-mapping {}", self.subject);
+        for secret in &self.secrets {
+            command.push_str(" --secret ");
+            command.push_str(secret);
+        }
+        Some(command)
+    }
+}
+
+/// Writes the pipeline's own copies of its providers' archives: for each provider the pipeline
+/// starts itself (not a `shared:` one), `<par_dir>/<provider>.par.gz` re-signed with the issuer
+/// and the pipeline's service key for that provider from `keys`, into [`pipeline_dir`]. A copy
+/// that is already there, signed so and with the same binary, is kept. One provider serving both
+/// ends has one copy (and one identity) holding both ends' secrets.
+pub async fn sign_for_pipeline(
+    spec: &PipelineSpec,
+    par_dir: &Path,
+    keys: &Keys,
+) -> anyhow::Result<Vec<PipelineArchive>> {
+    let issuer = std::sync::Arc::new(keys.issuer()?);
+    let dir = pipeline_dir(par_dir, spec);
+    // One copy per provider package, with the secrets of every end it serves.
+    let mut wanted: Vec<(String, Vec<String>)> = Vec::new();
+    for endpoint in [&spec.source, &spec.sink] {
+        if endpoint.shared.is_some() {
+            continue;
+        }
+        let provider = package(endpoint)?;
+        let secrets = endpoint.secrets.values().cloned();
+        match wanted.iter_mut().find(|(p, _)| *p == provider) {
+            Some((_, held)) => held.extend(secrets),
+            None => wanted.push((provider, secrets.collect())),
+        }
+    }
+    // Signed side by side: each is a decompression and a recompression of a whole archive.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, (provider, _)) in wanted.iter().enumerate() {
+        let service = keys.pipeline_service(&spec.lattice, &spec.name, provider)?;
+        let from = path(par_dir, provider);
+        anyhow::ensure!(
+            from.is_file(),
+            "{} is missing (provider archives: `cargo xtask par`)",
+            from.display()
+        );
+        let (to, issuer) = (path(&dir, provider), issuer.clone());
+        tasks.spawn(async move { (index, xtask::par::resign(&from, &to, &issuer, &service).await) });
+    }
+    let mut signed = Vec::with_capacity(wanted.len());
+    while let Some(done) = tasks.join_next().await {
+        let (index, packaged) = done?;
+        let packaged = packaged?;
+        let (provider, mut secrets) = wanted[index].clone();
+        secrets.sort();
+        secrets.dedup();
+        signed.push((
+            index,
+            PipelineArchive {
+                provider,
+                path: packaged.path,
+                subject: packaged.subject,
+                issuer: packaged.issuer,
+                secrets,
+            },
+        ));
+    }
+    signed.sort_by_key(|(index, _)| *index);
+    Ok(signed.into_iter().map(|(_, copy)| copy).collect())
+}
+
+fn package(endpoint: &Endpoint) -> anyhow::Result<String> {
+    crate::spec::provider_kind(&endpoint.provider)
+        .map(|kind| kind.package())
+        .with_context(|| format!("unknown provider `{}`", endpoint.provider))
 }

@@ -40,10 +40,13 @@ pub struct Images {
 
 impl Images {
     /// Everything from one place, `base`:
-    /// - a directory (`/opt/sluice`) or `file://` URL: `<base>/sluice-provider-<name>.par.gz` for
-    ///   providers and `<base>/<step file name>` for the step;
+    /// - a directory (`/opt/sluice`) or `file://` URL: the pipeline's own copies of the provider
+    ///   archives, `<base>/pipelines/<lattice>/<pipeline>/sluice-provider-<name>.par.gz` (written
+    ///   by `sluice sign`, see [`crate::archive::sign_for_pipeline`]), and
+    ///   `<base>/<step file name>` for the step;
     /// - anything else is an OCI repository prefix (`registry.example.com/sluice`):
-    ///   `<base>/sluice-provider-<name>:<version>` and `<base>/<step file stem>:<pipeline version>`.
+    ///   `<base>/pipelines/<lattice>/<pipeline>/sluice-provider-<name>:<version>` and
+    ///   `<base>/<step file stem>:<pipeline version>`.
     #[must_use]
     pub fn under(base: &str, spec: &PipelineSpec) -> Self {
         let base = base.trim_end_matches('/');
@@ -56,6 +59,7 @@ impl Images {
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
         };
         let step = &spec.step.component;
+        let own = crate::archive::pipeline_path(spec);
         if base.starts_with("file://") || base.starts_with('/') {
             let base = if base.starts_with('/') {
                 format!("file://{base}")
@@ -63,21 +67,22 @@ impl Images {
                 base.to_string()
             };
             Self {
-                source: format!("{base}/{}.par.gz", spec.source_kind().package()),
+                source: format!("{base}/{own}/{}.par.gz", spec.source_kind().package()),
                 step: format!("{base}/{}", file(step)),
-                sink: format!("{base}/{}.par.gz", spec.sink_kind().package()),
+                sink: format!("{base}/{own}/{}.par.gz", spec.sink_kind().package()),
             }
         } else {
             let version = env!("CARGO_PKG_VERSION");
             Self {
-                source: format!("{base}/{}:{version}", spec.source_kind().package()),
+                source: format!("{base}/{own}/{}:{version}", spec.source_kind().package()),
                 step: format!("{base}/{}:{}", stem(step), spec.version),
-                sink: format!("{base}/{}:{version}", spec.sink_kind().package()),
+                sink: format!("{base}/{own}/{}:{version}", spec.sink_kind().package()),
             }
         }
     }
 
-    /// Local files: archives in `par_dir`, the step at its path relative to `spec_dir`.
+    /// Local files: archives in `par_dir` (for a pipeline's own copies, pass
+    /// [`crate::archive::pipeline_dir`]), the step at its path relative to `spec_dir`.
     #[must_use]
     pub fn local(spec: &PipelineSpec, par_dir: &Path, spec_dir: &Path) -> Self {
         let file = |path: &Path| format!("file://{}", absolute(path).display());

@@ -5,6 +5,11 @@
 //!
 //! A provider's service public key is the subject of its archive's claims: what the host reports
 //! as the provider's identity and what a `nats-kv` secrets mapping names.
+//!
+//! A pipeline's own copy of a provider archive is signed with a service key of that pipeline
+//! ([`Keys::pipeline_service`], `pipelines/<lattice>/<pipeline>/<provider>_service.nk`), so a
+//! secrets backend that grants by subject (wasmCloud's `nats-kv`) grants one pipeline's secrets to
+//! that pipeline's providers only, however many customers one build of a provider serves.
 
 use std::ffi::OsString;
 use std::io::Write as _;
@@ -52,6 +57,9 @@ pub enum KeysError {
         /// The kind it holds.
         found: KeyPairType,
     },
+    /// A lattice, pipeline or provider name that cannot name a directory or file.
+    #[error("`{0}` cannot name a key: expected letters, digits, `-` and `_`")]
+    BadName(String),
 }
 
 /// Chooses the keys directory: `flag` (`cargo xtask par --keys-dir`) if given, else
@@ -106,6 +114,39 @@ impl Keys {
     /// subject.
     pub fn service(&self, provider: &str) -> Result<KeyPair, KeysError> {
         load_or_create(&self.service_path(provider), KeyPairType::Service)
+    }
+
+    /// The service key of `provider` in pipeline `pipeline` on lattice `lattice`
+    /// ([`Keys::pipeline_service_path`]): its public key is the subject of the pipeline's own copy
+    /// of the provider archive, what that pipeline's secrets are mapped to.
+    pub fn pipeline_service(&self, lattice: &str, pipeline: &str, provider: &str) -> Result<KeyPair, KeysError> {
+        let path = self.pipeline_service_path(lattice, pipeline, provider)?;
+        let dir = path.parent().expect("a key file has a directory");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| KeysError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        load_or_create(&path, KeyPairType::Service)
+    }
+
+    /// The seed file of `provider`'s service key in pipeline `pipeline` on lattice `lattice`:
+    /// `pipelines/<lattice>/<pipeline>/<provider>_service.nk`.
+    pub fn pipeline_service_path(&self, lattice: &str, pipeline: &str, provider: &str) -> Result<PathBuf, KeysError> {
+        for name in [lattice, pipeline, provider] {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(KeysError::BadName(name.to_string()));
+            }
+        }
+        Ok(self
+            .dir
+            .join("pipelines")
+            .join(lattice)
+            .join(pipeline)
+            .join(format!("{provider}_service.nk")))
     }
 
     /// The issuer's seed file: `sluice_account.nk`.
@@ -207,5 +248,45 @@ mod tests {
             Path::new("/home/op/.sluice/keys")
         );
         assert!(matches!(choose_dir(None, env(&[])), Err(KeysError::NoDir)));
+    }
+
+    #[test]
+    fn a_pipeline_key_is_stable_and_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::open(dir.path()).unwrap();
+        let s3 = "sluice-provider-s3";
+        let a = keys.pipeline_service("customer-a", "sensors", s3).unwrap().public_key();
+        // Read back, also through another handle on the directory: the same subject.
+        assert_eq!(
+            keys.pipeline_service("customer-a", "sensors", s3).unwrap().public_key(),
+            a
+        );
+        let again = Keys::open(dir.path()).unwrap();
+        assert_eq!(
+            again
+                .pipeline_service("customer-a", "sensors", s3)
+                .unwrap()
+                .public_key(),
+            a
+        );
+        // Another tenant, another pipeline, the provider's own key: all different.
+        let b = keys.pipeline_service("customer-b", "sensors", s3).unwrap().public_key();
+        let other = keys.pipeline_service("customer-a", "orders", s3).unwrap().public_key();
+        let build = keys.service(s3).unwrap().public_key();
+        assert!(
+            a != b && a != other && a != build && b != other,
+            "{a} {b} {other} {build}"
+        );
+        assert!(a.starts_with('V'), "a service key: {a}");
+        assert!(dir
+            .path()
+            .join("pipelines/customer-a/sensors/sluice-provider-s3_service.nk")
+            .is_file());
+        for bad in ["", "..", "a/b", "a b"] {
+            assert!(matches!(
+                keys.pipeline_service(bad, "sensors", s3),
+                Err(KeysError::BadName(_))
+            ));
+        }
     }
 }

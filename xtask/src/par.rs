@@ -254,6 +254,79 @@ async fn sign_and_package(
     })
 }
 
+/// Writes a copy of the provider archive `from` to `to`, signed with `issuer` and `service`: the
+/// same binaries, name, vendor and version, another subject (a pipeline's own identity for the
+/// provider, see [`Keys::pipeline_service`]). A copy already at `to` with the same signers and the
+/// same binaries is kept as it is; a new one replaces it whole (written beside it, then renamed),
+/// so a host reading `to` never sees half an archive.
+pub async fn resign(from: &Path, to: &Path, issuer: &KeyPair, service: &KeyPair) -> anyhow::Result<Packaged> {
+    let load = |path: &Path| {
+        let path = path.to_path_buf();
+        async move {
+            ProviderArchive::try_load_file(&path)
+                .await
+                .map_err(|err| anyhow::anyhow!("failed to load provider archive {}: {err}", path.display()))
+        }
+    };
+    let mut archive = load(from).await?;
+    let claims = archive
+        .claims()
+        .with_context(|| format!("{} has no claims", from.display()))?;
+    let packaged = Packaged {
+        provider: claims.name(),
+        path: to.to_path_buf(),
+        subject: service.public_key(),
+        issuer: issuer.public_key(),
+    };
+    let hashes = claims.metadata.as_ref().map(|m| &m.target_hashes);
+    if let Ok(existing) = load(to).await {
+        if let Some(held) = existing.claims() {
+            if held.subject == packaged.subject
+                && held.issuer == packaged.issuer
+                && held.metadata.as_ref().map(|m| &m.target_hashes) == hashes
+            {
+                return Ok(packaged);
+            }
+        }
+    }
+    let dir = to.parent().context("an archive path has a directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    // `provider-archive` writes the archive (claims, then binaries) as a plain tar, compressed
+    // here at a fast level: at its own (best) level a copy of a debug build takes ten times as
+    // long for a 12% smaller file. The host reads either.
+    let tar = to.with_extension(format!("{}.tmp", std::process::id()));
+    let gz = to.with_extension(format!("{}.tmp.gz", std::process::id()));
+    let written = async {
+        archive
+            .write(&tar, issuer, service, false)
+            .await
+            .map_err(|err| anyhow::anyhow!("failed to write {}: {err}", tar.display()))?;
+        let (from_tar, to_gz) = (tar.clone(), gz.clone());
+        tokio::task::spawn_blocking(move || gzip(&from_tar, &to_gz)).await??;
+        std::fs::rename(&gz, to).with_context(|| format!("failed to write {}", to.display()))
+    }
+    .await;
+    std::fs::remove_file(&tar).ok();
+    if written.is_err() {
+        std::fs::remove_file(&gz).ok();
+    }
+    written.map(|()| packaged)
+}
+
+/// Compresses the file `from` into `to` with gzip at a fast level.
+fn gzip(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let mut input = std::fs::File::open(from).with_context(|| format!("failed to read {}", from.display()))?;
+    let output = std::fs::File::create(to).with_context(|| format!("failed to create {}", to.display()))?;
+    let mut encoder = flate2::write::GzEncoder::new(std::io::BufWriter::new(output), flate2::Compression::fast());
+    std::io::copy(&mut input, &mut encoder).with_context(|| format!("failed to write {}", to.display()))?;
+    let file = encoder
+        .finish()?
+        .into_inner()
+        .map_err(|err| anyhow::anyhow!("failed to write {}: {}", to.display(), err.error()))?;
+    file.sync_all()?;
+    Ok(())
+}
+
 /// Packages every provider's already-built `profile` binary into `out_dir`, in parallel, signed
 /// with `keys` (read, or created once, before any archive is written); sorted by provider.
 pub async fn package_all(

@@ -15,6 +15,8 @@ mod deploy;
 mod examples;
 #[path = "lattice/recovery.rs"]
 mod recovery;
+#[path = "lattice/tenants.rs"]
+mod tenants;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -531,6 +533,7 @@ async fn sluice_run_deploys_to_an_existing_lattice_and_undeploys_on_ctrl_c() {
     .unwrap();
 
     let mut run = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .env("SLUICE_KEYS_DIR", common::lattice::keys_dir())
         .arg("run")
         .arg(&spec)
         .args(["--lattice-url", lattice.nats_url()])

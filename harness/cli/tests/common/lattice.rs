@@ -29,14 +29,21 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The throwaway keys directory the test archives are signed with (not the operator's
+/// `~/.sluice/keys`); `sluice` commands a test runs get it as `SLUICE_KEYS_DIR`, so the pipeline
+/// copies they sign are signed by the same issuer.
+pub fn keys_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| scratch_dir("keys")).clone()
+}
+
 /// Every provider's `.par.gz`, packaged once from the debug binaries `cargo test` built, signed
-/// with throwaway keys (not the operator's `~/.sluice/keys`: the local secrets backend grants by
-/// application, so no test depends on a provider's subject).
+/// with the keys in [`keys_dir`].
 pub async fn archives() -> PathBuf {
     static DIR: OnceCell<PathBuf> = OnceCell::const_new();
     DIR.get_or_init(|| async {
         let dir = scratch_dir("par");
-        let keys = Keys::open(dir.join("keys")).unwrap();
+        let keys = Keys::open(keys_dir()).unwrap();
         let workspace = Workspace::discover().unwrap();
         package_all(&workspace, Profile::Debug, &dir, &keys)
             .await

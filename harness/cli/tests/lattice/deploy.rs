@@ -11,6 +11,7 @@ use super::*;
 /// Runs `sluice <args> --lattice-url <url>`; returns stdout, failing with stderr on an error.
 fn sluice(url: &str, args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .env("SLUICE_KEYS_DIR", crate::common::lattice::keys_dir())
         .args(args)
         .args(["--lattice-url", url])
         .output()

@@ -445,6 +445,7 @@ async fn sluice_run(name: &str, mqtt: &Mosquitto, s3: &S3Server, bucket: &str) -
     let spec = dir.join(format!("{name}.yaml"));
     std::fs::write(&spec, mqtt_to_s3(name, name, mqtt, s3, &format!("{name}/#"), bucket)).unwrap();
     let mut run = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .env("SLUICE_KEYS_DIR", crate::common::lattice::keys_dir())
         .arg("run")
         .arg(&spec)
         .arg("--par-dir")

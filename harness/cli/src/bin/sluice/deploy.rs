@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sluice_deploy::archive::pipeline_dir;
 use sluice_deploy::manifest::Images;
 use sluice_deploy::pipeline::Deployment;
 use sluice_deploy::spec::PipelineSpec;
@@ -29,6 +30,8 @@ pub struct Args {
     /// URL on the hosts, or an OCI repository prefix (as `sluice render --artifacts`).
     #[arg(long)]
     artifacts: Option<String>,
+    #[command(flatten)]
+    keys: crate::sign::KeysDir,
     /// How long to wait for the links to be live at their providers (`0s`: do not wait).
     #[arg(long, default_value = "120s", value_parser = sluice_provider_core::config::parse_duration)]
     wait: Duration,
@@ -47,7 +50,9 @@ async fn deploy(args: Args) -> anyhow::Result<()> {
         None => {
             let spec_dir = args.spec.parent().map_or_else(|| PathBuf::from("."), PathBuf::from);
             let par_dir = args.par_dir.clone().unwrap_or_else(crate::run::default_par_dir);
-            Deployment::start(&nats, &spec, &par_dir, &spec_dir).await?
+            // The pipeline's own copies of the archives: its providers' own subjects.
+            crate::sign::sign(&spec, &par_dir, &args.keys.open()?, &mut std::io::stdout()).await?;
+            Deployment::start(&nats, &spec, &pipeline_dir(&par_dir, &spec), &spec_dir).await?
         }
     };
     let what = match deployment.stored() {

@@ -8,6 +8,7 @@ mod lattice;
 mod new;
 mod render;
 mod run;
+mod sign;
 mod status;
 mod test;
 mod undeploy;
@@ -35,6 +36,8 @@ enum Command {
     Test(test::Args),
     /// Render a pipeline spec as a wadm manifest.
     Render(render::Args),
+    /// Sign the pipeline's own copies of its provider archives; print the subjects to map its secrets to.
+    Sign(sign::Args),
     /// Run a pipeline on a local lattice (embedded wasmCloud host and wadm) until Ctrl-C.
     Run(run::Args),
     /// Deploy a pipeline through wadm on its lattice (a new version when the spec changed).
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::New(what) => new::run(what),
         Command::Test(args) => test::run(args),
         Command::Render(args) => render::run(args),
+        Command::Sign(args) => sign::run(args),
         Command::Run(args) => run::run(args),
         Command::Deploy(args) => deploy::run(args),
         Command::Undeploy(args) => undeploy::run(args),

@@ -34,6 +34,8 @@ pub struct Args {
     /// A secret the local secrets backend serves to this pipeline only: `NAME=VALUE` (repeatable).
     #[arg(long = "secret", value_name = "NAME=VALUE")]
     secrets: Vec<String>,
+    #[command(flatten)]
+    keys: crate::sign::KeysDir,
     /// Stop after this long instead of waiting for Ctrl-C (e.g. `30s`).
     #[arg(long, value_parser = sluice_provider_core::config::parse_duration)]
     duration: Option<Duration>,
@@ -67,6 +69,12 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     );
     let spec_dir = args.spec.parent().map_or_else(|| PathBuf::from("."), PathBuf::from);
     let par_dir = args.par_dir.clone().unwrap_or_else(default_par_dir);
+    // The pipeline's own copies of the archives, signed before anything starts.
+    let keys = args.keys.open()?;
+    let mut signed = Vec::new();
+    crate::sign::sign(&spec, &par_dir, &keys, &mut signed).await?;
+    eprint!("{}", String::from_utf8_lossy(&signed));
+    let par_dir = sluice_deploy::archive::pipeline_dir(&par_dir, &spec);
     let secrets: HashMap<String, SecretEntry> = args
         .secrets
         .iter()
