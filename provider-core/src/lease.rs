@@ -5,8 +5,10 @@
 //! instances compete for a per-link lease in a NATS KV bucket and only its holder reads; the
 //! others stand by and take over when the holder is gone.
 //!
-//! - **Acquire**: `create` the link's key (fails when it exists). The value names the holder
-//!   ([`LeaseValue`]), so an instance restarted on the same host takes its own lease back at once.
+//! - **Acquire**: `create` the link's key (fails when it exists). The value names the holder and
+//!   its process ([`LeaseValue`]); the same process takes its own lease back at once (after it gave
+//!   it up for want of renewals), while a provider restarted after a crash is a new process and
+//!   waits like any standby: its predecessor's lease expires first.
 //! - **Renew**: every `ttl / 3`, `update` on the revision the holder last wrote. A renewal that
 //!   finds another revision means someone else took the lease: the holder stops reading at once.
 //!   A holder that cannot renew (NATS unreachable) for `2 * ttl / 3` since its last successful
@@ -132,9 +134,8 @@ fn key_token(text: &str) -> String {
 }
 
 impl Leases {
-    /// Leases in `bucket` (made on first use), held under the name `holder` (unique per running
-    /// instance of the provider; the same after a restart on the same host), for the links of the
-    /// provider `prefix` names.
+    /// Leases in `bucket` (made on first use), held under the name `holder` (with this process's
+    /// id: the instance, e.g. its host's id), for the links of the provider `prefix` names.
     pub fn new(
         js: jetstream::Context,
         bucket: impl Into<String>,
@@ -337,9 +338,14 @@ impl Lease {
             }
         };
         let holder: Option<LeaseValue> = serde_json::from_slice(&entry.value).ok();
-        let holder_name = holder.as_ref().map_or_else(|| "?".to_string(), |h| h.holder.clone());
-        let take = if holder_name == leases.inner.holder {
-            // Ours: this instance restarted (or gave the lease up and wants it back).
+        let holder_name = holder
+            .as_ref()
+            .map_or_else(|| "?".to_string(), |h| format!("{} (pid {})", h.holder, h.pid));
+        let ours = holder
+            .as_ref()
+            .is_some_and(|h| h.holder == leases.inner.holder && h.pid == std::process::id());
+        let take = if ours {
+            // This process gave the lease up (renewals failed) and nobody took it meanwhile.
             true
         } else {
             let wait = holder
@@ -362,7 +368,7 @@ impl Lease {
         }
         match store.update(&self.key, self.value(), entry.revision).await {
             Ok(revision) => {
-                if holder_name != leases.inner.holder {
+                if !ours {
                     info!(link = %self.link, previous = %holder_name, "taking over the lease: its holder stopped renewing it");
                 }
                 Ok(Attempt::Held(revision))

@@ -11,6 +11,8 @@ mod common;
 mod deploy;
 #[path = "lattice/examples.rs"]
 mod examples;
+#[path = "lattice/instances.rs"]
+mod instances;
 #[path = "lattice/recovery.rs"]
 mod recovery;
 

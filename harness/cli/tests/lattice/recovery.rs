@@ -63,7 +63,7 @@ fn publish_paced(
 
 /// Waits until the pipeline's `end` link (`source` or `sink`) has counted more than `at_least`
 /// records (delivered at the source, written at the sink).
-async fn moving(deployment: &Deployment, end: &str, at_least: u64, within: Duration) -> bool {
+pub(super) async fn moving(deployment: &Deployment, end: &str, at_least: u64, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         let progress = deployment.progress().await;
