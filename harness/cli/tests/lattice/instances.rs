@@ -12,7 +12,7 @@ use sluice_integration::modbus::ModbusServer;
 use sluice_provider_core::lease::LeaseValue;
 use sluice_provider_core::Status;
 
-use super::recovery::{moving, provider_pid};
+use super::recovery::{moving, provider_pid, publish_paced};
 use super::*;
 
 /// The lease TTL the tests' links set: failover within about this.
@@ -410,6 +410,86 @@ sink:
         &wanted,
         deployment.progress().await,
     );
+    deployment.undeploy().await.unwrap();
+    lattice.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_mqtt_source_instances_share_one_session_and_lose_nothing_when_the_active_one_is_killed() {
+    sluice_integration::init_tracing();
+    let _permit = LATTICES.acquire().await.unwrap();
+    let (par, dir) = (archives().await, pipeline_dir());
+    let (mqtt, s3) = (Mosquitto::start().unwrap(), S3Server::start().unwrap());
+    let client = s3.client();
+    s3.create_bucket("two").await.unwrap();
+    let lattice_name = "plant-q2";
+    let mut lattice = LocalLattice::start(None).await.unwrap();
+    let hosts = [
+        lattice.add_host(lattice_name).await.unwrap(),
+        lattice.add_host(lattice_name).await.unwrap(),
+    ];
+    lattice
+        .serve_secrets("nats-kv", secrets("mqtt-two", &s3, "customer-a"))
+        .await
+        .unwrap();
+    let yaml = mqtt_to_s3("mqtt-two", lattice_name, &mqtt, &s3, "two/#", "two").replace(
+        "  provider: mqtt\n  config:\n",
+        &format!(
+            "  provider: mqtt\n  instances: 2\n  config:\n    lease_ttl: {}ms\n",
+            LEASE_TTL.as_millis()
+        ),
+    );
+    let spec = PipelineSpec::parse(&yaml).unwrap();
+    assert_eq!(spec.source.instances, Some(2));
+    let deployment = Deployment::start(lattice.nats(), &spec, &par, &dir).await.unwrap();
+    deployment.wait_linked(WAIT).await.unwrap();
+    let nats = lattice.nats().clone();
+    let provider = deployment.ids.source.clone();
+    let (active, active_pid, standby, _) =
+        active_and_standby(&nats, lattice_name, &hosts, "sluice-provider-mqtt").await;
+    // The link's session exists once a reading comes through; from then on the broker keeps what
+    // arrives for it, whichever instance holds it.
+    probe_until_landed(&mqtt, "two/line-1", &s3, "two", String::new).await;
+
+    let n = 3000;
+    let publisher = publish_paced(&mqtt, "two/line-1", "q-", n, 30, Duration::from_millis(150));
+    assert!(
+        moving(&deployment, "source", 300, WAIT).await,
+        "nothing moved: {}",
+        deployment.progress().await
+    );
+    let polled = polled_by_instance(&nats, lattice_name, &provider).await;
+    eprintln!("mqtt, both instances live: polled by instance {polled:?}");
+    assert_eq!(polled.len(), 2, "both instances answer: {polled:?}");
+    assert_eq!(
+        polled.iter().filter(|p| **p > 0).count(),
+        1,
+        "exactly one instance holds the session: {polled:?}"
+    );
+    let killed = kill9(active_pid);
+    let holder = taken_over(&nats, lattice_name, active_pid).await;
+    let failover = killed.elapsed();
+    let by = if holder.holder == standby {
+        "the standby"
+    } else {
+        "the restarted instance"
+    };
+    assert!(
+        failover >= LEASE_TTL - LEASE_TTL / 3,
+        "taken {failover:?} after the kill, before the TTL could have run out"
+    );
+    eprintln!(
+        "mqtt: active instance (pid {active_pid} on {active}) killed; lease taken by {by} (pid {}) after {failover:?} (TTL {LEASE_TTL:?})",
+        holder.pid
+    );
+    publisher.await.unwrap();
+    let wanted = expected("q-", n);
+    let got = wait_s3(&client, "two", &wanted).await;
+    let log = format!("seaweedfs log ends:\n{}", s3.process().log_tail(30));
+    let duplicated = assert_landed("MQTT source at two instances, active one killed", &got, &wanted, log);
+    // What the dead holder had read and not acknowledged comes again: at most its window.
+    let window = sluice_provider_core::RunnerSettings::default().max_unacknowledged();
+    assert!(duplicated <= window, "{duplicated} readings duplicated");
     deployment.undeploy().await.unwrap();
     lattice.stop().await.unwrap();
 }

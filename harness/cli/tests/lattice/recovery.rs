@@ -35,7 +35,7 @@ pub(super) async fn restarted(host: &str, package: &str, old: u32) -> u32 {
 }
 
 /// Publishes `n` readings `{prefix}{i}` in `chunks` parts, `pause` apart, from a blocking thread.
-fn publish_paced(
+pub(super) fn publish_paced(
     mqtt: &Mosquitto,
     topic: &str,
     prefix: &'static str,
