@@ -250,3 +250,38 @@ async fn of_two_instances_only_the_lease_holder_reads_and_one_that_loses_it_stop
     a.engine.shutdown().await;
     b.engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_link_whose_lease_cannot_be_reached_shows_degraded_and_reads_nothing() {
+    let (_server, client) = nats().await;
+    let source = MemorySource::default();
+    let engine = Engine::new(source.clone(), MemorySink::default());
+    // A JetStream domain nobody serves: every lease request goes unanswered.
+    engine.use_leases(|| {
+        Leases::new(
+            jetstream::with_domain(client.clone(), "nowhere"),
+            BUCKET,
+            "host-a",
+            "provider-a",
+        )
+    });
+    let ingest = MemoryIngest::default();
+    let config = HashMap::from([("single_reader".to_string(), "true".to_string())]);
+    let made = ingest.clone();
+    engine
+        .put_source_link(LinkSpec::new(link(), config), || async move { Ok(made) })
+        .await
+        .expect("link put");
+    source.stream(&link()).push(records("r-", 10));
+    let mut degraded = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while degraded.is_none() && Instant::now() < deadline {
+        degraded = engine.status().degraded("app-step").map(str::to_string);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let degraded = degraded.expect("the link shows degraded");
+    assert!(degraded.contains("lease"), "{degraded}");
+    assert_eq!(source.stream(&link()).polled(), 0, "read without its lease");
+    assert!(ingest.accepted().is_empty());
+    engine.shutdown().await;
+}

@@ -285,6 +285,16 @@ impl Lease {
     /// Waits until this instance holds the lease, or `stop` is cancelled (`None`). Errors from
     /// NATS are logged and tried again.
     pub async fn acquire(&self, stop: &CancellationToken) -> Option<Held> {
+        self.acquire_reporting(stop, |_| {}).await
+    }
+
+    /// Like [`acquire`](Self::acquire), telling `reachable` after each look whether the lease
+    /// could be read (`Err` with why not), e.g. to show the link degraded meanwhile.
+    pub async fn acquire_reporting(
+        &self,
+        stop: &CancellationToken,
+        mut reachable: impl FnMut(Result<(), &LeaseError>),
+    ) -> Option<Held> {
         let mut seen = None;
         let mut failures = 0u32;
         let mut standby_logged = false;
@@ -293,7 +303,9 @@ impl Lease {
             max: self.poll_interval().max(Duration::from_secs(2)),
         };
         loop {
-            let delay = match self.try_acquire(&mut seen).await {
+            let attempt = self.try_acquire(&mut seen).await;
+            reachable(attempt.as_ref().map(|_| ()));
+            let delay = match attempt {
                 Ok(Attempt::Held(revision)) => {
                     info!(link = %self.link, key = %self.key, "lease acquired: this instance reads the link");
                     return Some(Held::start(self.clone(), revision));
@@ -534,7 +546,19 @@ where
             stop,
             lease: _,
         } = link;
-        while let Some(held) = lease.acquire(&stop).await {
+        let mut unreachable = false;
+        let mut reachable = |result: Result<(), &LeaseError>| match result {
+            Err(err) => {
+                unreachable = true;
+                metrics.set_health(LinkHealth::Degraded(format!("cannot take the link's lease: {err}")));
+            }
+            Ok(()) if unreachable => {
+                unreachable = false;
+                metrics.set_health(LinkHealth::Ok);
+            }
+            Ok(()) => {}
+        };
+        while let Some(held) = lease.acquire_reporting(&stop, &mut reachable).await {
             let run_stop = stop.child_token();
             let started = start(crate::source::LinkStart {
                 link: key.clone(),
