@@ -285,3 +285,42 @@ async fn a_link_whose_lease_cannot_be_reached_shows_degraded_and_reads_nothing()
     assert!(ingest.accepted().is_empty());
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_instance_restarted_after_its_process_died_takes_its_lease_back_at_once() {
+    let (_server, client) = nats().await;
+    let a = leases(&client, "host-a").lease(&link(), Duration::from_secs(30));
+    // The lease as the previous process of host-a left it: held, never released, that process gone.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let kv = jetstream::new(client.clone())
+        .create_key_value(jetstream::kv::Config {
+            bucket: BUCKET.into(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let value = |pid| {
+        serde_json::to_vec(&LeaseValue {
+            holder: "host-a".into(),
+            pid,
+            ttl_ms: 30_000,
+        })
+        .unwrap()
+    };
+    kv.put(a.key(), value(dead_pid).into()).await.unwrap();
+    let started = Instant::now();
+    let held = acquire_within(&a, Duration::from_secs(5))
+        .await
+        .expect("host-a's new process takes the lease its dead process held");
+    eprintln!("restarted instance took its lease back after {:?}", started.elapsed());
+    held.release().await;
+    // A live process of the same host (pid 1 here) is not taken from: the TTL applies.
+    kv.put(a.key(), value(1).into()).await.unwrap();
+    assert!(
+        acquire_within(&a, Duration::from_secs(2)).await.is_none(),
+        "took the lease of a live process"
+    );
+}

@@ -7,8 +7,8 @@
 //!
 //! - **Acquire**: `create` the link's key (fails when it exists). The value names the holder and
 //!   its process ([`LeaseValue`]); the same process takes its own lease back at once (after it gave
-//!   it up for want of renewals), while a provider restarted after a crash is a new process and
-//!   waits like any standby: its predecessor's lease expires first.
+//!   it up for want of renewals), and so does a provider its host restarted after a crash: the
+//!   holder is this instance (its host) and the process it names is gone from this machine.
 //! - **Renew**: every `ttl / 3`, `update` on the revision the holder last wrote. A renewal that
 //!   finds another revision means someone else took the lease: the holder stops reading at once.
 //!   A holder that cannot renew (NATS unreachable) for `2 * ttl / 3` since its last successful
@@ -73,7 +73,8 @@ pub struct LeaseError {
 pub struct LeaseValue {
     /// The holding instance (its host's id for a wasmCloud provider).
     pub holder: String,
-    /// The holder's process id, for an operator looking for it.
+    /// The holder's process id: for an operator looking for it, and for the holder's successor on
+    /// the same host, which takes the lease at once when that process is gone.
     pub pid: u32,
     /// The holder's TTL in milliseconds: a standby waits at least this long.
     pub ttl_ms: u64,
@@ -355,9 +356,10 @@ impl Lease {
             .map_or_else(|| "?".to_string(), |h| format!("{} (pid {})", h.holder, h.pid));
         let ours = holder
             .as_ref()
-            .is_some_and(|h| h.holder == leases.inner.holder && h.pid == std::process::id());
+            .is_some_and(|h| h.holder == leases.inner.holder && (h.pid == std::process::id() || !process_alive(h.pid)));
         let take = if ours {
-            // This process gave the lease up (renewals failed) and nobody took it meanwhile.
+            // This process gave the lease up (renewals failed), or this instance's previous
+            // process died holding it (its host restarted the provider); nobody took it meanwhile.
             true
         } else {
             let wait = holder
@@ -389,6 +391,17 @@ impl Lease {
             Err(e) => Err(leases.error(e)),
         }
     }
+}
+
+/// Whether a process `pid` runs on this machine (an instance's provider processes run on its
+/// host's machine). A pid taken again by another process reads as alive: the lease then expires.
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 sends nothing; it only checks that the process exists.
+    let sent = unsafe { libc::kill(pid, 0) };
+    sent == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// A held lease, renewed in the background until [released](Held::release) or lost. Dropped,

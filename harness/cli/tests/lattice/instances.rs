@@ -1,8 +1,11 @@
 //! A source provider at two instances on two hosts (`source.instances: 2`): every instance gets
 //! the link, only the one holding the link's lease (NATS KV) reads it, the other stands by. The
-//! active instance is killed with SIGKILL; the standby takes over once the lease's TTL has passed.
+//! active instance is killed with SIGKILL: its host restarts it and the restarted process takes
+//! its lease back at once (its predecessor is gone), or the standby takes over once the lease's
+//! TTL has passed, whichever comes first. Frozen with SIGSTOP (alive, not renewing), the active
+//! instance loses the lease to the standby after the TTL, and thawed it does not poll again.
 //! Modbus: the device is polled by one instance at a time (the instances' counters and the
-//! server's request log say so). S3: objects keep arriving across the kill; every record lands.
+//! server's request log say so). S3, MQTT: records keep arriving across the kill; every one lands.
 
 use std::time::{Duration, Instant};
 
@@ -95,6 +98,14 @@ async fn active_and_standby(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+fn signal(pid: u32, signal: &str) {
+    assert!(Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
 }
 
 fn kill9(pid: u32) -> Instant {
@@ -263,13 +274,13 @@ step:
     );
     if holder.holder == standby {
         assert_eq!(holder.pid, standby_pid);
+        // The standby waits until the dead holder's last renewal is a TTL old (it renewed every
+        // TTL/3); only the killed instance's own successor may take it sooner.
+        assert!(
+            failover >= LEASE_TTL - LEASE_TTL / 3,
+            "the standby took the lease {failover:?} after the kill, before the holder's TTL could have run out"
+        );
     }
-    // Whoever takes it (the standby, or the killed instance restarted by its host: a new process)
-    // waits until the dead holder's last renewal is a TTL old; it renewed every TTL/3.
-    assert!(
-        failover >= LEASE_TTL - LEASE_TTL / 3,
-        "the lease was taken {failover:?} after the kill, before the holder's TTL could have run out"
-    );
 
     // Both live again (the host restarted the killed instance): still one poller.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -286,6 +297,33 @@ step:
         polled.iter().filter(|p| **p > 0).count() <= 1,
         "one poller after the failover: {polled:?}"
     );
+
+    // Freeze the active instance (alive, not renewing): the standby takes the lease after the
+    // TTL and polls; thawed, the frozen one finds its lease gone and polls no more.
+    let (frozen_host, frozen_pid, standby, standby_pid) =
+        active_and_standby(&nats, lattice_name, &hosts, "sluice-provider-modbus").await;
+    signal(frozen_pid, "STOP");
+    let frozen = Instant::now();
+    let holder = taken_over(&nats, lattice_name, frozen_pid).await;
+    let takeover = frozen.elapsed();
+    signal(frozen_pid, "CONT");
+    assert_eq!((holder.holder.as_str(), holder.pid), (standby.as_str(), standby_pid));
+    assert!(
+        takeover >= LEASE_TTL - LEASE_TTL / 3,
+        "the standby took a frozen holder's lease after {takeover:?}, before its TTL could have run out"
+    );
+    eprintln!("modbus: active instance (pid {frozen_pid} on {frozen_host}) frozen; the standby took the lease after {takeover:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = modbus.requests().len();
+    tokio::time::sleep(window).await;
+    let served = modbus.requests().len() - before;
+    eprintln!("modbus, the frozen instance thawed: {served} requests in {window:?}");
+    assert!(
+        served <= one_poller,
+        "{served} requests in {window:?} after the thaw: the old holder polls again"
+    );
+    assert_eq!(lease_holder(&nats, lattice_name).await.unwrap().pid, standby_pid);
+
     let lines = s3_lines(&client, "polls").await;
     eprintln!(
         "modbus: {} requests served in all, {lines} records at the sink",
@@ -393,8 +431,8 @@ sink:
         "the restarted instance"
     };
     assert!(
-        killed.elapsed() >= LEASE_TTL - LEASE_TTL / 3,
-        "taken before the TTL could have run out"
+        holder.holder != standby || killed.elapsed() >= LEASE_TTL - LEASE_TTL / 3,
+        "the standby took the lease before the TTL could have run out"
     );
     eprintln!(
         "s3: active instance (pid {active_pid} on {active}) killed; lease taken by {by} (pid {}) after {:?} (TTL {LEASE_TTL:?})",
@@ -475,8 +513,8 @@ async fn two_mqtt_source_instances_share_one_session_and_lose_nothing_when_the_a
         "the restarted instance"
     };
     assert!(
-        failover >= LEASE_TTL - LEASE_TTL / 3,
-        "taken {failover:?} after the kill, before the TTL could have run out"
+        holder.holder != standby || failover >= LEASE_TTL - LEASE_TTL / 3,
+        "the standby took the lease {failover:?} after the kill, before the TTL could have run out"
     );
     eprintln!(
         "mqtt: active instance (pid {active_pid} on {active}) killed; lease taken by {by} (pid {}) after {failover:?} (TTL {LEASE_TTL:?})",
