@@ -373,7 +373,9 @@ fn provider_component(
                 application: None,
                 config: provider_config(format!("{}-{role}-provider", spec.name), endpoint),
             },
-            vec![Trait::Spreadscaler { instances: 1 }],
+            vec![Trait::Spreadscaler {
+                instances: endpoint.instances.unwrap_or(1),
+            }],
         ),
     };
     traits.extend(links);

@@ -170,6 +170,12 @@ pub struct Endpoint {
     /// one provider then serves many pipelines, and undeploying one drains only its links.
     #[serde(default)]
     pub shared: Option<String>,
+    /// `source.instances`: how many instances of the source provider run (wadm places one per
+    /// host), default 1. Every instance gets every link; a link that must have one reader (MQTT,
+    /// S3, Modbus) is read by the instance holding its lease and the others stand by, so a second
+    /// instance is a hot standby. Not for the sink, nor with `shared`.
+    #[serde(default)]
+    pub instances: Option<usize>,
 }
 
 /// A config value: written as a string, number or boolean in YAML, passed to the provider as a string.
@@ -349,6 +355,7 @@ impl PipelineSpec {
         if self.step.instances == Some(0) {
             return Err(SpecError::field("step.instances", "expected at least 1"));
         }
+        self.check_instances()?;
         if self.secret_backend.is_empty() {
             return Err(SpecError::field("secret_backend", "expected a secrets backend name"));
         }
@@ -368,6 +375,26 @@ pub(crate) fn is_app_name(name: &str) -> bool {
 #[must_use]
 pub fn provider_kind(name: &str) -> Option<ProviderKind> {
     PROVIDERS.iter().copied().find(|k| k.name == name)
+}
+
+impl PipelineSpec {
+    /// `source.instances`: at least 1, only on a pipeline's own source provider.
+    fn check_instances(&self) -> Result<(), SpecError> {
+        if self.sink.instances.is_some() {
+            return Err(SpecError::field(
+                "sink.instances",
+                "expected no `instances` on the sink (only `source.instances` scales a provider)",
+            ));
+        }
+        match self.source.instances {
+            Some(0) => Err(SpecError::field("source.instances", "expected at least 1")),
+            Some(_) if self.source.shared.is_some() => Err(SpecError::field(
+                "source.instances",
+                "expected no `instances` with `shared` (the shared application runs the provider)",
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 pub(crate) fn check_endpoint(

@@ -39,6 +39,8 @@ pub struct Engine<S: SourceSide, K: SinkConnector> {
     stopping: Mutex<HashMap<LinkKey, Arc<LinkMetrics>>>,
     sinks: RwLock<HashMap<LinkKey, Arc<SinkLink<K::Writer>>>>,
     refused: Mutex<BTreeMap<(Role, LinkKey), String>>,
+    /// Where single-reader source links take their lease, once [`Engine::use_leases`] is called.
+    leases: std::sync::OnceLock<crate::lease::Leases>,
 }
 
 /// A refused link and why.
@@ -110,7 +112,15 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             stopping: Mutex::default(),
             sinks: RwLock::default(),
             refused: Mutex::default(),
+            leases: std::sync::OnceLock::new(),
         }
+    }
+
+    /// From now on, a source link that must have one reader across the provider's instances
+    /// ([`SourceSide::single_reader`]) is read only while this instance holds its lease in
+    /// `leases` (link config `lease_ttl`). The first call wins; `make` runs once.
+    pub fn use_leases(&self, make: impl FnOnce() -> crate::lease::Leases) {
+        self.leases.get_or_init(make);
     }
 
     /// The provider's source side.
@@ -163,6 +173,13 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             .source
             .parse_config(&reader_config)
             .map_err(|e| self.refuse(Role::Source, &key, e.into()))?;
+        let lease = match self.leases.get().filter(|_| self.source.single_reader(&config)) {
+            Some(leases) => Some(leases.lease(
+                &key,
+                crate::lease::ttl_from(&reader_config).map_err(|e| self.refuse(Role::Source, &key, e.into()))?,
+            )),
+            None => None,
+        };
         Self::warn_unread(Role::Source, &key, &reader_config);
         let ingest = make_ingest().await.map_err(|e| {
             self.refuse(
@@ -190,6 +207,7 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
                     settings,
                     metrics: Arc::clone(&metrics),
                     stop: stop.clone(),
+                    lease,
                 },
             )
             .await

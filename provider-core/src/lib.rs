@@ -16,6 +16,7 @@ pub mod buffer;
 pub mod codec;
 pub mod config;
 pub mod engine;
+pub mod lease;
 pub mod link;
 pub mod metrics;
 pub mod otel_metrics;

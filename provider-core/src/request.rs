@@ -106,6 +106,7 @@ impl<R: RequestSource> SourceSide for Requests<R> {
             settings,
             metrics,
             stop,
+            ..
         }: LinkStart<I>,
     ) -> Result<BoxFuture<'static, ()>, LinkErrorReason> {
         let delivery = Delivery::new(link.clone(), ingest, settings, metrics);

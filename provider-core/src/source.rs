@@ -47,6 +47,15 @@ pub trait SourceConnector: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Whether a link must have one reader at a time across the provider's instances (a device
+    /// polled once, one checkpoint, one session). Such a link is read only by the instance that
+    /// holds its [lease](crate::lease); the others stand by. The default is `false`: the system
+    /// shares the work itself (a consumer group, a durable consumer).
+    fn single_reader(&self, config: &Self::Config) -> bool {
+        let _ = config;
+        false
+    }
+
     /// Connects to the system for one link (after [`check`](Self::check) passed).
     fn open(
         &self,
@@ -745,6 +754,10 @@ pub struct LinkStart<I> {
     pub metrics: Arc<LinkMetrics>,
     /// Cancelled when the link is deleted or the provider stops.
     pub stop: CancellationToken,
+    /// The link's lease when it must have one reader across the provider's instances
+    /// ([`SourceSide::single_reader`]) and the provider runs with leases: the link is read only
+    /// while it is held.
+    pub lease: Option<crate::lease::Lease>,
 }
 
 /// The source side of a provider as the engine runs it: every [`SourceConnector`] (its links are
@@ -766,6 +779,13 @@ pub trait SourceSide: Send + Sync + 'static {
 
     /// Parses a link's config. Keys the engine itself reads are already taken.
     fn parse_config(&self, config: &ConfigReader<'_>) -> Result<Self::Config, ConfigError>;
+
+    /// Whether a link must have one reader at a time across the provider's instances
+    /// ([`SourceConnector::single_reader`]). The default is `false`.
+    fn single_reader(&self, config: &Self::Config) -> bool {
+        let _ = config;
+        false
+    }
 
     /// Checks a link's config against its system without taking what a running link of the same
     /// key holds. When a link is put again the engine calls it before it stops the running link,
@@ -805,6 +825,10 @@ impl<S: SourceConnector> SourceSide for S {
         SourceConnector::parse_config(self, config)
     }
 
+    fn single_reader(&self, config: &Self::Config) -> bool {
+        SourceConnector::single_reader(self, config)
+    }
+
     /// [`SourceConnector::check`], tried a few times while it fails transiently. A transient error
     /// passes: the system may be down for the running link too, and the new one then waits for
     /// it degraded, as on a first put.
@@ -818,54 +842,72 @@ impl<S: SourceConnector> SourceSide for S {
     async fn start<I: Ingest>(
         self: Arc<Self>,
         config: Self::Config,
-        l: LinkStart<I>,
+        mut l: LinkStart<I>,
     ) -> Result<futures::future::BoxFuture<'static, ()>, LinkErrorReason> {
-        let reader = match open_with_retry(&l.link, Role::Source, || check_and_open(&*self, &l.link, &config)).await {
-            Ok(reader) => reader,
-            Err(error) if error.is_transient() => {
-                warn!(link = %l.link, %error, "source link degraded: cannot connect yet; trying on in the background");
-                l.metrics.set_health(LinkHealth::Degraded(error.to_string()));
-                return Ok(Box::pin(async move {
-                    let LinkStart {
-                        link,
-                        ingest,
-                        settings,
-                        metrics,
-                        stop,
-                    } = l;
-                    let opened = tokio::select! {
-                        () = stop.cancelled() => return,
-                        opened = keep_opening(
-                            &link,
-                            Role::Source,
-                            || check_and_open(&*self, &link, &config),
-                            |error| metrics.set_health(LinkHealth::Degraded(error.to_string())),
-                        ) => opened,
-                    };
-                    match opened {
-                        Ok(reader) => {
-                            metrics.set_health(LinkHealth::Ok);
-                            info!(%link, "source link connected");
-                            run_source(link, reader, ingest, settings, metrics, stop).await;
-                        }
-                        Err(error) => {
-                            let refused = LinkError {
-                                key: link,
-                                role: Role::Source,
-                                reason: LinkErrorReason::Open(error),
-                            };
-                            tracing::error!(error = %refused, "link refused");
-                            metrics.set_health(LinkHealth::Refused(refused.to_string()));
-                        }
-                    }
-                }));
-            }
-            Err(error) => return Err(LinkErrorReason::Open(error)),
-        };
-        Ok(Box::pin(run_source(
-            l.link, reader, l.ingest, l.settings, l.metrics, l.stop,
-        )))
+        if let Some(lease) = l.lease.take() {
+            // A config the system refuses for good is refused now, not once the lease is held.
+            SourceSide::check(&*self, &l.link, &config).await?;
+            return Ok(crate::lease::serve_leased(lease, l, move |l| {
+                start_reader(Arc::clone(&self), config.clone(), l)
+            }));
+        }
+        start_reader(self, config, l).await
     }
+}
+
+/// Opens a link's reader and returns the runner that reads it (or, while its system cannot be
+/// reached, a task that keeps opening it first).
+async fn start_reader<S: SourceConnector, I: Ingest>(
+    connector: Arc<S>,
+    config: S::Config,
+    l: LinkStart<I>,
+) -> Result<futures::future::BoxFuture<'static, ()>, LinkErrorReason> {
+    let reader = match open_with_retry(&l.link, Role::Source, || check_and_open(&*connector, &l.link, &config)).await {
+        Ok(reader) => reader,
+        Err(error) if error.is_transient() => {
+            warn!(link = %l.link, %error, "source link degraded: cannot connect yet; trying on in the background");
+            l.metrics.set_health(LinkHealth::Degraded(error.to_string()));
+            return Ok(Box::pin(async move {
+                let LinkStart {
+                    link,
+                    ingest,
+                    settings,
+                    metrics,
+                    stop,
+                    ..
+                } = l;
+                let opened = tokio::select! {
+                    () = stop.cancelled() => return,
+                    opened = keep_opening(
+                        &link,
+                        Role::Source,
+                        || check_and_open(&*connector, &link, &config),
+                        |error| metrics.set_health(LinkHealth::Degraded(error.to_string())),
+                    ) => opened,
+                };
+                match opened {
+                    Ok(reader) => {
+                        metrics.set_health(LinkHealth::Ok);
+                        info!(%link, "source link connected");
+                        run_source(link, reader, ingest, settings, metrics, stop).await;
+                    }
+                    Err(error) => {
+                        let refused = LinkError {
+                            key: link,
+                            role: Role::Source,
+                            reason: LinkErrorReason::Open(error),
+                        };
+                        tracing::error!(error = %refused, "link refused");
+                        metrics.set_health(LinkHealth::Refused(refused.to_string()));
+                    }
+                }
+            }));
+        }
+        Err(error) => return Err(LinkErrorReason::Open(error)),
+    };
+    Ok(Box::pin(run_source(
+        l.link, reader, l.ingest, l.settings, l.metrics, l.stop,
+    )))
 }
 
 /// [`SourceConnector::check`], then [`SourceConnector::open`].

@@ -37,6 +37,8 @@ pub struct MemorySourceConfig {
     pub ordered: bool,
     /// `dead_letter_topic`.
     pub dead_letter_topic: Option<String>,
+    /// `single_reader`: read only while this instance holds the link's lease.
+    pub single_reader: bool,
 }
 
 impl MemorySource {
@@ -159,7 +161,12 @@ impl SourceConnector for MemorySource {
         Ok(MemorySourceConfig {
             ordered: config.bool_or("ordered", false)?,
             dead_letter_topic: config.str("dead_letter_topic").map(str::to_string),
+            single_reader: config.bool_or("single_reader", false)?,
         })
+    }
+
+    fn single_reader(&self, config: &MemorySourceConfig) -> bool {
+        config.single_reader
     }
 
     async fn check(&self, _: &LinkKey, config: &MemorySourceConfig) -> Result<(), ConnectorError> {

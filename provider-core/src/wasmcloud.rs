@@ -308,6 +308,17 @@ impl<S: SourceSide, K: SinkConnector> Provider for WasmcloudProvider<S, K> {
     async fn receive_link_config_as_source(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
         let spec = link_spec(link.target_id, link.link_name, link.config, link.secrets);
         let target = link.target_id.to_string();
+        // Several instances of this provider get every link: single-reader links take a lease
+        // in the lattice's KV, held under the host's id (one instance of a provider per host).
+        self.engine.use_leases(|| {
+            let connection = get_connection();
+            crate::lease::Leases::new(
+                async_nats::jetstream::new((*connection.nats).clone()),
+                crate::lease::bucket_for_lattice(&connection.lattice),
+                connection.host_id.clone(),
+                connection.provider_key(),
+            )
+        });
         self.engine
             .put_source_link(spec, || async move {
                 // Calls carry the caller and the callee, as the SDK's own client sends them.

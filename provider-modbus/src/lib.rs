@@ -60,6 +60,11 @@ impl SourceConnector for ModbusSource {
     type Config = SourceConfig;
     type Reader = ModbusReader;
 
+    /// A device is polled by one instance of the provider at a time (the lease holder's).
+    fn single_reader(&self, _: &SourceConfig) -> bool {
+        true
+    }
+
     fn parse_config(&self, config: &ConfigReader<'_>) -> Result<SourceConfig, ConfigError> {
         let map = register_map(config)?;
         let record_per = match config.str("record_per") {

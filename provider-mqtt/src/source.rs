@@ -33,6 +33,13 @@ impl SourceConnector for MqttSource {
     type Config = SourceConfig;
     type Reader = MqttReader;
 
+    /// One instance at a time holds the link's persistent session (its client id is the
+    /// link's): a standby that takes over resumes the same session, so the broker redelivers
+    /// what the dead holder had not acknowledged and what arrived meanwhile.
+    fn single_reader(&self, _: &SourceConfig) -> bool {
+        true
+    }
+
     fn parse_config(&self, config: &ConfigReader<'_>) -> Result<SourceConfig, ConfigError> {
         SourceConfig::parse(config)
     }

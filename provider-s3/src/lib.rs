@@ -46,6 +46,11 @@ impl SourceConnector for S3Source {
     type Config = SourceConfig;
     type Reader = S3Reader;
 
+    /// One reader per link: its checkpoint has one writer (the lease holder).
+    fn single_reader(&self, _: &SourceConfig) -> bool {
+        true
+    }
+
     fn parse_config(&self, config: &ConfigReader<'_>) -> Result<SourceConfig, ConfigError> {
         SourceConfig::from_config(config)
     }

@@ -13,6 +13,8 @@ mod dag;
 mod deploy;
 #[path = "lattice/examples.rs"]
 mod examples;
+#[path = "lattice/instances.rs"]
+mod instances;
 #[path = "lattice/recovery.rs"]
 mod recovery;
 #[path = "lattice/tenants.rs"]

@@ -264,3 +264,58 @@ fn invalid_specs_are_refused_with_the_field_path_and_what_was_expected() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("sink.provider: expected a sink provider"), "{stderr}");
 }
+
+#[test]
+fn source_instances_scale_the_source_provider_only() {
+    use sluice_deploy::manifest::Trait;
+    let instances = |m: &sluice_deploy::manifest::Manifest, name: &str| {
+        m.spec
+            .components
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap()
+            .traits
+            .iter()
+            .find_map(|t| match t {
+                Trait::Spreadscaler { instances } => Some(*instances),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let one = PipelineSpec::parse(&mqtt_to_s3()).unwrap();
+    let m = render(&one, &Images::under(DEFAULT_ARTIFACTS, &one));
+    assert_eq!((instances(&m, "source"), instances(&m, "sink")), (1, 1));
+    let two =
+        PipelineSpec::parse(&mqtt_to_s3().replace("  provider: mqtt\n", "  provider: mqtt\n  instances: 2\n")).unwrap();
+    assert_eq!(two.source.instances, Some(2));
+    let m = render(&two, &Images::under(DEFAULT_ARTIFACTS, &two));
+    assert_eq!((instances(&m, "source"), instances(&m, "sink")), (2, 1));
+
+    for (from, to, path, expected) in [
+        (
+            "  provider: mqtt\n",
+            "  provider: mqtt\n  instances: 0\n",
+            "source.instances",
+            "at least 1",
+        ),
+        (
+            "  provider: s3\n",
+            "  provider: s3\n  instances: 2\n",
+            "sink.instances",
+            "only `source.instances`",
+        ),
+        (
+            "  provider: mqtt\n",
+            "  provider: mqtt\n  instances: 2\n  shared: plant\n",
+            "source.instances",
+            "with `shared`",
+        ),
+    ] {
+        let (got_path, got_expected) = refused(&mqtt_to_s3().replace(from, to));
+        assert_eq!(got_path, path, "{got_expected}");
+        assert!(
+            got_expected.contains(expected),
+            "{path}: `{got_expected}` lacks `{expected}`"
+        );
+    }
+}

@@ -15,8 +15,15 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("lattice");
     if let Ok(entries) = std::fs::read_dir(&root) {
         for entry in entries.flatten() {
-            let pid = entry.file_name().to_string_lossy().rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
-            if pid.is_some_and(|pid| pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let pid = entry
+                .file_name()
+                .to_string_lossy()
+                .rsplit('-')
+                .next()
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid
+                .is_some_and(|pid| pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }

@@ -35,7 +35,7 @@ pub(super) async fn restarted(host: &str, package: &str, old: u32) -> u32 {
 }
 
 /// Publishes `n` readings `{prefix}{i}` in `chunks` parts, `pause` apart, from a blocking thread.
-fn publish_paced(
+pub(super) fn publish_paced(
     mqtt: &Mosquitto,
     topic: &str,
     prefix: &'static str,
@@ -63,7 +63,7 @@ fn publish_paced(
 
 /// Waits until the pipeline's `end` link (`source` or `sink`) has counted more than `at_least`
 /// records (delivered at the source, written at the sink).
-async fn moving(deployment: &Deployment, end: &str, at_least: u64, within: Duration) -> bool {
+pub(super) async fn moving(deployment: &Deployment, end: &str, at_least: u64, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         let progress = deployment.progress().await;

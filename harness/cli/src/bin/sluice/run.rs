@@ -69,12 +69,18 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     );
     let spec_dir = args.spec.parent().map_or_else(|| PathBuf::from("."), PathBuf::from);
     let par_dir = args.par_dir.clone().unwrap_or_else(default_par_dir);
-    // The pipeline's own copies of the archives, signed before anything starts.
-    let keys = args.keys.open()?;
-    let mut signed = Vec::new();
-    crate::sign::sign(&spec, &par_dir, &keys, &mut signed).await?;
-    eprint!("{}", String::from_utf8_lossy(&signed));
-    let par_dir = sluice_deploy::archive::pipeline_dir(&par_dir, &spec);
+    // The pipeline's own copies of the archives, signed before anything starts. A multi-step
+    // pipeline runs from the build's archives for now: one identity per provider, not per pipeline.
+    let par_dir = match &spec {
+        AnySpec::Single(single) => {
+            let keys = args.keys.open()?;
+            let mut signed = Vec::new();
+            crate::sign::sign(single, &par_dir, &keys, &mut signed).await?;
+            eprint!("{}", String::from_utf8_lossy(&signed));
+            sluice_deploy::archive::pipeline_dir(&par_dir, single)
+        }
+        AnySpec::Dag(_) => par_dir,
+    };
     let secrets: HashMap<String, SecretEntry> = args
         .secrets
         .iter()
