@@ -36,6 +36,9 @@ pub struct HostOptions {
     /// The level providers log at (warnings by default). It bounds their exported spans too:
     /// the provider SDK filters spans and log lines alike, and Sluice's spans are at `info`.
     pub provider_log_level: wasmcloud_core::logging::Level,
+    /// Labels the host advertises (besides `hostcore.*`): what a spreadscaler's `spread`
+    /// requirements match, e.g. `zone=a`.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for HostOptions {
@@ -44,6 +47,7 @@ impl Default for HostOptions {
             provider_shutdown_delay: PROVIDER_SHUTDOWN_DELAY,
             otel: wasmcloud_core::OtelConfig::default(),
             provider_log_level: wasmcloud_core::logging::Level::Warn,
+            labels: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -98,6 +102,7 @@ impl EmbeddedHost {
             version: "1.9.2".into(),
             // Providers log at this level (their output goes to this process's stderr).
             log_level: options.provider_log_level.clone(),
+            labels: options.labels.clone().into_iter().collect(),
             ..WasmbusHostConfig::default()
         };
         let (host, shutdown) = WasmbusHost::new(config)

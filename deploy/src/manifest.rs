@@ -241,9 +241,26 @@ pub enum Trait {
     Spreadscaler {
         /// The instance count.
         instances: usize,
+        /// How the instances are spread over hosts by their labels (empty: wadm puts them all on
+        /// one eligible host).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        spread: Vec<Spread>,
     },
     /// A link from this component to another.
     Link(Box<Link>),
+}
+
+/// A share of a spreadscaler's instances, placed on hosts whose labels match `requirements`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spread {
+    /// The share's name.
+    pub name: String,
+    /// Host labels a host must have (all of them) to run this share.
+    pub requirements: BTreeMap<String, String>,
+    /// The share's relative weight (wadm's default: 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<usize>,
 }
 
 /// A link trait's properties.
@@ -375,6 +392,7 @@ fn provider_component(
             },
             vec![Trait::Spreadscaler {
                 instances: endpoint.instances.unwrap_or(1),
+                spread: Vec::new(),
             }],
         ),
     };
@@ -404,7 +422,10 @@ pub fn render_shared_providers(name: &str, lattice: &str, providers: &[(Provider
                 application: None,
                 config: Vec::new(),
             },
-            traits: vec![Trait::Spreadscaler { instances: 1 }],
+            traits: vec![Trait::Spreadscaler {
+                instances: 1,
+                spread: Vec::new(),
+            }],
         })
         .collect();
     Manifest {
@@ -478,6 +499,7 @@ pub fn render(spec: &PipelineSpec, images: &Images) -> Manifest {
         traits: vec![
             Trait::Spreadscaler {
                 instances: spec.step_instances(),
+                spread: Vec::new(),
             },
             link(
                 side(

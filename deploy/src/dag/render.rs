@@ -337,7 +337,10 @@ pub fn render_dag(spec: &DagSpec, images: &DagImages) -> Manifest {
     let provider_configs = spec.providers();
     for (kind, provider_config) in &provider_configs {
         let name = provider_name(kind, &None);
-        let mut traits = vec![Trait::Spreadscaler { instances: 1 }];
+        let mut traits = vec![Trait::Spreadscaler {
+            instances: 1,
+            spread: Vec::new(),
+        }];
         traits.extend(provider_links.remove(&name).unwrap_or_default());
         let config = if provider_config.is_empty() {
             Vec::new()
@@ -410,6 +413,7 @@ pub fn render_dag(spec: &DagSpec, images: &DagImages) -> Manifest {
             traits: vec![
                 Trait::Spreadscaler {
                     instances: spec.instances(name, step.instances),
+                    spread: step.spread.clone(),
                 },
                 link(
                     link_side(
@@ -440,6 +444,7 @@ pub fn render_dag(spec: &DagSpec, images: &DagImages) -> Manifest {
             traits: vec![
                 Trait::Spreadscaler {
                     instances: spec.instances(name, spec.relay.instances),
+                    spread: Vec::new(),
                 },
                 link(
                     link_side(
@@ -589,11 +594,24 @@ hops: { config: { url: 'nats://nats:4222' }, secrets: { password: hop-password }
                 .traits
                 .iter()
                 .find_map(|t| match t {
-                    Trait::Spreadscaler { instances } => Some(*instances),
+                    Trait::Spreadscaler { instances, .. } => Some(*instances),
                     Trait::Link(_) => None,
                 })
         };
         assert_eq!(instances("step-enrich"), Some(2));
+        // A step's spread over host labels goes to its spreadscaler as it is.
+        let (_, spread) = rendered(&FANOUT.replace(
+            "instances: 2,",
+            "instances: 3, spread: [{ name: zone-a, requirements: { zone: a } }, { name: zone-b, requirements: { zone: b }, weight: 50 }],",
+        ));
+        let spread = spread.to_yaml();
+        assert!(
+            spread.contains(
+                "instances: 3\n        spread:\n        - name: zone-a\n          requirements:\n            zone: a\n        - name: zone-b\n          requirements:\n            zone: b\n          weight: 50\n"
+            ),
+            "{spread}"
+        );
+        assert!(!yaml.contains("spread:"), "no spread unless given: {yaml}");
         assert_eq!(instances("step-clean"), Some(8));
         assert_eq!(instances("relay-archive"), Some(8));
         // A new version per change.

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::manifest::Spread;
 use crate::spec::{check_endpoint, is_app_name, ConfigValue, Endpoint, PipelineSpec, ProviderKind, SpecError};
 
 /// The provider every hop goes through.
@@ -227,6 +228,11 @@ pub struct DagStep {
     /// The steps and sinks its output goes to (each reads the step's hop with its own consumer).
     #[serde(default)]
     pub to: Vec<String>,
+    /// How wadm spreads its instances over the lattice's hosts by their labels, e.g.
+    /// `[{ name: zone-a, requirements: { zone: a } }, { name: zone-b, requirements: { zone: b } }]`
+    /// (default: all on one host).
+    #[serde(default)]
+    pub spread: Vec<Spread>,
 }
 
 /// The JetStream hops' link config (see provider-jetstream's README): the server `url`,
@@ -451,6 +457,24 @@ impl DagSpec {
         {
             if instances == Some(0) {
                 return Err(SpecError::field(path, "expected at least 1"));
+            }
+        }
+        for (name, step) in &self.steps {
+            let mut names = BTreeSet::new();
+            for (i, share) in step.spread.iter().enumerate() {
+                let path = |field: &str| format!("steps.{name}.spread[{i}].{field}");
+                if !names.insert(share.name.as_str()) || share.name.is_empty() {
+                    return Err(SpecError::field(path("name"), "expected a name of its own"));
+                }
+                if share.requirements.is_empty() {
+                    return Err(SpecError::field(
+                        path("requirements"),
+                        "expected the host labels this share runs on",
+                    ));
+                }
+                if share.weight == Some(0) {
+                    return Err(SpecError::field(path("weight"), "expected at least 1"));
+                }
             }
         }
         if self.secret_backend.is_empty() {
@@ -800,7 +824,7 @@ sink: { provider: s3, config: { bucket: b } }
 
     #[test]
     fn other_mistakes_are_refused_with_their_paths() {
-        let cases: [(&str, &str, &str, &str); 8] = [
+        let cases: [(&str, &str, &str, &str); 11] = [
             ("to: [warehouse]", "to: []", "sinks.warehouse", "a step sending to it"),
             (
                 "provider: kafka",
@@ -818,6 +842,24 @@ sink: { provider: s3, config: { bucket: b } }
                 "to: [warehouse] }",
                 "to: [warehouse], instances: 0 }",
                 "steps.enrich.instances",
+                "at least 1",
+            ),
+            (
+                "to: [warehouse] }",
+                "to: [warehouse], spread: [{ name: z, requirements: {} }] }",
+                "steps.enrich.spread[0].requirements",
+                "host labels",
+            ),
+            (
+                "to: [warehouse] }",
+                "to: [warehouse], spread: [{ name: z, requirements: { zone: a } }, { name: z, requirements: { zone: b } }] }",
+                "steps.enrich.spread[1].name",
+                "a name of its own",
+            ),
+            (
+                "to: [warehouse] }",
+                "to: [warehouse], spread: [{ name: z, requirements: { zone: a }, weight: 0 }] }",
+                "steps.enrich.spread[0].weight",
                 "at least 1",
             ),
             ("  archive:", "  clean:", "sinks.clean", "is a step too"),
