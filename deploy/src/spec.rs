@@ -252,7 +252,7 @@ impl PipelineSpec {
     #[must_use]
     pub fn step_instances(&self) -> usize {
         self.step.instances.unwrap_or_else(|| {
-            let default = if self.source.provider == "http" { 32 } else { 4 };
+            let default = if self.source.provider == "http-inproc" { 32 } else { 4 };
             let in_flight = self
                 .source
                 .config

@@ -277,7 +277,7 @@ fn source_instances_scale_the_source_provider_only() {
             .traits
             .iter()
             .find_map(|t| match t {
-                Trait::Spreadscaler { instances } => Some(*instances),
+                Trait::Spreadscaler { instances, .. } => Some(*instances),
                 _ => None,
             })
             .unwrap()
