@@ -3,7 +3,8 @@
 //! 200 from the buffer, the sink provider is killed with SIGKILL while its buffer holds 10,000
 //! readings, and once the broker is back every reading is in Kafka. Modbus -> step -> S3 with S3
 //! cut for a minute: every poll of that minute lands in S3 afterwards, the provider's memory flat
-//! and the buffer on disk bounded.
+//! and the buffer on disk bounded. A full buffer with `buffer_full: drop_oldest`: exactly the
+//! oldest batches are dropped, and counted.
 
 use std::time::Instant;
 
@@ -328,6 +329,134 @@ sink:
     assert!(
         most_on_disk <= max_bytes + max_bytes / 8,
         "{most_on_disk} B on disk for a buffer of {max_bytes} B"
+    );
+    deployment.undeploy().await.unwrap();
+    lattice.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_buffer_with_drop_oldest_drops_exactly_the_oldest_batches_and_counts_them() {
+    sluice_integration::init_tracing();
+    let _permit = LATTICES.acquire().await.unwrap();
+    let (par, dir) = (archives().await, pipeline_dir());
+    let kafka = KafkaBroker::start().unwrap();
+    let bootstrap = kafka.bootstrap();
+    create_topic(&bootstrap, "dropping").await;
+    let mut lattice = LocalLattice::start(None).await.unwrap();
+    lattice.add_host("edge-d").await.unwrap();
+    lattice.serve_secrets("nats-kv", HashMap::new()).await.unwrap();
+    let port = sluice_integration::servers::free_port();
+    let buffer_dir = dir.join("buffer");
+    let spec = PipelineSpec::parse(&format!(
+        "name: http-dropping
+lattice: edge-d
+source:
+  provider: http-inproc
+  provider_config:
+    address: 127.0.0.1:{port}
+  config:
+    path: /ingest/d
+    methods: POST
+step:
+  component: steps/sensors.wasm
+sink:
+  provider: kafka
+  config:
+    bootstrap_servers: {bootstrap}
+    topic: dropping
+    buffer: disk
+    buffer_dir: {}
+    buffer_max_bytes: 16KiB
+    buffer_full: drop_oldest
+",
+        buffer_dir.display()
+    ))
+    .unwrap();
+    let deployment = Deployment::start(lattice.nats(), &spec, &par, &dir).await.unwrap();
+    deployment.wait_linked(WAIT).await.unwrap();
+    let url = format!("http://127.0.0.1:{port}/ingest/d");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    // Request `r` carries readings `d-{r}-{i}`: one request, one batch.
+    let per = 10;
+    let post = |request: usize| {
+        let body: String = (0..per)
+            .map(|i| format!("{{\"device\":\"d-{request}-{i}\",\"temp\":1,\"site\":\"edge\"}}\n"))
+            .collect();
+        http.post(&url)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+    };
+    assert!(post(1_000_000).await.unwrap().status().is_success());
+    let live = kafka_records(&bootstrap, "dropping", &["d-1000000-0".to_string()]).await;
+    assert!(
+        live.contains_key("d-1000000-0"),
+        "the pipeline moved nothing: {}",
+        deployment.progress().await
+    );
+
+    // The broker frozen; 100 batches into a buffer that holds about 15: every request is
+    // answered 200, and the oldest batches make room for the newest.
+    kafka.process().signal("STOP").unwrap();
+    let requests = 100;
+    for request in 0..requests {
+        let response = post(request).await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "request {request} answered {}: {}",
+            response.status(),
+            deployment.progress().await
+        );
+    }
+    let full = deployment.progress().await;
+    let metrics = full.sink.as_ref().expect("the sink link").metrics;
+    assert!(metrics.buffer_dropped > 0, "nothing dropped: {full}");
+    kafka.process().signal("CONT").unwrap();
+
+    // The newest batches all land; what does not is exactly what was counted dropped, and it is
+    // the oldest (the batch the drainer was writing when the broker froze may still land).
+    // Drained in order: once the newest batch is in Kafka, every batch kept is.
+    let wanted: Vec<String> = (0..per).map(|i| format!("d-{}-{i}", requests - 1)).collect();
+    let got = kafka_records(&bootstrap, "dropping", &wanted).await;
+    let landed: Vec<usize> = (0..requests)
+        .filter(|r| (0..per).any(|i| got.contains_key(&format!("d-{r}-{i}"))))
+        .collect();
+    for r in &landed {
+        assert!(
+            (0..per).all(|i| got.contains_key(&format!("d-{r}-{i}"))),
+            "batch {r} landed in part"
+        );
+    }
+    let oldest_kept = (0..requests)
+        .rev()
+        .take_while(|r| landed.contains(r))
+        .last()
+        .unwrap_or(requests);
+    let in_flight: Vec<usize> = landed.iter().copied().filter(|r| *r < oldest_kept).collect();
+    let lost = (requests - landed.len()) * per;
+    eprintln!(
+        "drop_oldest: {requests} batches of {per} into a 16 KiB buffer with the broker frozen: {} dropped (counted {}), \
+         batches {oldest_kept}..{requests} landed, and {in_flight:?} the drainer was writing",
+        lost, metrics.buffer_dropped
+    );
+    assert!(
+        in_flight.len() <= 1 && in_flight.iter().all(|r| *r == 0),
+        "only the batch the drainer was writing may land out of the newest run: {in_flight:?}"
+    );
+    assert!(
+        oldest_kept < requests,
+        "no batch landed: {}",
+        deployment.progress().await
+    );
+    // The batch the drainer was writing, if it landed, was counted dropped from the buffer too.
+    assert_eq!(
+        (lost + in_flight.len() * per) as u64,
+        metrics.buffer_dropped,
+        "every record missing was counted dropped, and no other: {}",
+        deployment.progress().await
     );
     deployment.undeploy().await.unwrap();
     lattice.stop().await.unwrap();
