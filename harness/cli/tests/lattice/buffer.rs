@@ -1,9 +1,16 @@
 //! A sink link with a disk buffer (`buffer: disk`) on the real host: the uplink down is a
 //! non-event for the edge. HTTP -> step -> Kafka with the broker frozen: every request is answered
 //! 200 from the buffer, the sink provider is killed with SIGKILL while its buffer holds 10,000
-//! readings, and once the broker is back every reading is in Kafka.
+//! readings, and once the broker is back every reading is in Kafka. Modbus -> step -> S3 with S3
+//! cut for a minute: every poll of that minute lands in S3 afterwards, the provider's memory flat
+//! and the buffer on disk bounded. A full buffer with `buffer_full: drop_oldest`: exactly the
+//! oldest batches are dropped, and counted.
 
 use std::time::Instant;
+
+use sluice_integration::modbus::ModbusServer;
+use sluice_integration::procfs;
+use sluice_integration::proxy::Proxy;
 
 use super::recovery::{provider_pid, restarted};
 use super::*;
@@ -113,6 +120,343 @@ sink:
     eprintln!(
         "buffered: {} requests of {per} answered 200 in {answered_in:?} with the broker down; {held} held at the kill; {duplicated} duplicated",
         requests
+    );
+    deployment.undeploy().await.unwrap();
+    lattice.stop().await.unwrap();
+}
+
+/// The Modbus polls in `bucket` by their poll time (the record's `timestamp_ms`, which the step
+/// keeps), with how often each arrived (duplicates show).
+async fn s3_polls(client: &aws_sdk_s3::Client, bucket: &str) -> BTreeMap<u64, usize> {
+    let mut polls = BTreeMap::new();
+    let listed = client.list_objects_v2().bucket(bucket).send().await.unwrap();
+    for object in listed.contents() {
+        let body = sluice_integration::seaweedfs::object(client, bucket, object.key().unwrap())
+            .await
+            .unwrap();
+        for line in std::str::from_utf8(&body).unwrap().lines() {
+            let line: Value = serde_json::from_str(line).unwrap();
+            let payload: Value = serde_json::from_str(line["payload"].as_str().unwrap()).unwrap();
+            assert_eq!(payload["device_id"], "plc1", "{line}");
+            *polls
+                .entry(line["timestamp_ms"].as_u64().expect("the poll time survives the step"))
+                .or_default() += 1;
+        }
+    }
+    polls
+}
+
+/// Waits for the device to serve a poll, then returns the polls served so far and the time (unix
+/// ms): taken between two polls, every poll counted has an earlier timestamp and every later
+/// poll a later one.
+async fn between_polls(modbus: &ModbusServer) -> (usize, u64) {
+    let served = modbus.requests().len();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = modbus.requests().len();
+        if now > served {
+            return (now, unix_ms());
+        }
+        assert!(Instant::now() < deadline, "the device was not polled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The time now, in Unix milliseconds (as the Modbus source stamps its polls).
+fn unix_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Bytes of the files under `dir`.
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn modbus_to_s3_with_s3_down_for_a_minute_keeps_every_poll_in_a_bounded_buffer() {
+    sluice_integration::init_tracing();
+    let _permit = LATTICES.acquire().await.unwrap();
+    let (par, dir) = (archives().await, pipeline_dir());
+    let modbus = ModbusServer::start(&serde_json::json!({
+        "units": [1],
+        "size": 100,
+        "values": [{"unit": 1, "table": "holding", "address": 0, "type": "f32", "value": 21.5}]
+    }))
+    .unwrap();
+    let s3 = S3Server::start().unwrap();
+    let client = s3.client();
+    s3.create_bucket("polls").await.unwrap();
+    // The S3 provider reaches S3 only through a proxy, cut for the outage.
+    let proxy = Proxy::start(s3.port(), true).await.unwrap();
+    let mut lattice = LocalLattice::start(None).await.unwrap();
+    let host = lattice.add_host("edge-m").await.unwrap();
+    lattice
+        .serve_secrets("nats-kv", secrets("modbus-buffered", &s3, "edge-m"))
+        .await
+        .unwrap();
+    let buffer_dir = dir.join("buffer");
+    let max_bytes = 4u64 << 20;
+    // One device, one tag: one read request per poll. The S3 sink's own spool is off, so what
+    // holds the polls during the outage is the link's disk buffer; one write slot, so each
+    // drained batch completes its object at once instead of after `max_object_age`.
+    let interval = Duration::from_millis(250);
+    let spec = PipelineSpec::parse(&format!(
+        "name: modbus-buffered
+lattice: edge-m
+source:
+  provider: modbus
+  config:
+    record_per: device
+    register_map: |
+      [devices.plc1]
+      address = \"{address}\"
+      interval = \"{interval}ms\"
+
+      [[tags]]
+      name = \"line_temp\"
+      table = \"holding\"
+      address = 0
+      type = \"f32\"
+step:
+  component: steps/sensors.wasm
+sink:
+  provider: s3
+  config:
+    endpoint: http://127.0.0.1:{proxy}
+    bucket: polls
+    key_template: \"polls/{{unique}}.jsonl\"
+    payload_encoding: utf8
+    spool: false
+    max_concurrent_writes: 1
+    buffer: disk
+    buffer_dir: {buffer}
+    buffer_max_bytes: {max_bytes}
+  secrets:
+    access_key_id: edge-m-s3-access-key-id
+    secret_access_key: edge-m-s3-secret-access-key
+",
+        address = modbus.address(),
+        interval = interval.as_millis(),
+        proxy = proxy.port(),
+        buffer = buffer_dir.display(),
+    ))
+    .unwrap();
+    let deployment = Deployment::start(lattice.nats(), &spec, &par, &dir).await.unwrap();
+    deployment.wait_linked(WAIT).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    while s3_polls(&client, "polls").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no poll reached S3: {}",
+            deployment.progress().await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // S3 down for 60 s while the device is polled.
+    let (served_before, cut_at) = between_polls(&modbus).await;
+    proxy.set_up(false);
+    let s3_pid = provider_pid(&host, "sluice-provider-s3").expect("the S3 provider runs");
+    let rss = || procfs::memory_kib(s3_pid, "VmRSS").expect("the S3 provider runs");
+    let rss_at_start = rss();
+    let outage = Instant::now();
+    let mut most_on_disk = 0;
+    while outage.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        most_on_disk = most_on_disk.max(disk_bytes(&buffer_dir));
+    }
+    let (served_after, back_at) = between_polls(&modbus).await;
+    let rss_at_end = rss();
+    let held = deployment.progress().await;
+    let metrics = held.sink.as_ref().expect("the sink link").metrics;
+    proxy.set_up(true);
+    let polls = served_after - served_before;
+    assert!(
+        metrics.buffered_records > 0 && metrics.write_failures > 0,
+        "the sink did not buffer through the outage: {held}"
+    );
+
+    // S3 back: every poll of the minute lands, none missing.
+    let in_outage = |got: &BTreeMap<u64, usize>| got.range(cut_at..back_at).count();
+    let deadline = Instant::now() + WAIT;
+    let got = loop {
+        let got = s3_polls(&client, "polls").await;
+        if in_outage(&got) >= polls || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let landed = in_outage(&got);
+    let duplicated = got.range(cut_at..back_at).filter(|(_, n)| **n > 1).count();
+    let before_outage = got.range(..cut_at).count();
+    eprintln!(
+        "modbus -> S3, S3 down 60 s: {polls} polls served, {landed} landed, {} missing, {duplicated} duplicated \
+         ({before_outage} of {served_before} polls before the outage landed); buffer at the end {} records, {} B \
+         (at most {most_on_disk} B on disk); S3 provider RSS {} KiB at the start, {} KiB at the end",
+        polls.saturating_sub(landed),
+        metrics.buffered_records,
+        metrics.buffered_bytes,
+        rss_at_start,
+        rss_at_end,
+    );
+    assert_eq!(
+        landed,
+        polls,
+        "polls of the outage in S3 (none missing, none extra); {}",
+        deployment.progress().await
+    );
+    assert!(
+        metrics.buffered_records >= polls as u64 * 9 / 10,
+        "the buffer held {} of {polls} polls: {held}",
+        metrics.buffered_records
+    );
+    // Flat: the buffer is on disk, not in the provider.
+    assert!(
+        rss_at_end <= rss_at_start + 16 * 1024,
+        "S3 provider RSS grew from {rss_at_start} KiB to {rss_at_end} KiB during the outage"
+    );
+    // Bounded: the undrained batches within `buffer_max_bytes`, plus at most one segment.
+    assert!(
+        most_on_disk <= max_bytes + max_bytes / 8,
+        "{most_on_disk} B on disk for a buffer of {max_bytes} B"
+    );
+    deployment.undeploy().await.unwrap();
+    lattice.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_buffer_with_drop_oldest_drops_exactly_the_oldest_batches_and_counts_them() {
+    sluice_integration::init_tracing();
+    let _permit = LATTICES.acquire().await.unwrap();
+    let (par, dir) = (archives().await, pipeline_dir());
+    let kafka = KafkaBroker::start().unwrap();
+    let bootstrap = kafka.bootstrap();
+    create_topic(&bootstrap, "dropping").await;
+    let mut lattice = LocalLattice::start(None).await.unwrap();
+    lattice.add_host("edge-d").await.unwrap();
+    lattice.serve_secrets("nats-kv", HashMap::new()).await.unwrap();
+    let port = sluice_integration::servers::free_port();
+    let buffer_dir = dir.join("buffer");
+    let spec = PipelineSpec::parse(&format!(
+        "name: http-dropping
+lattice: edge-d
+source:
+  provider: http-inproc
+  provider_config:
+    address: 127.0.0.1:{port}
+  config:
+    path: /ingest/d
+    methods: POST
+step:
+  component: steps/sensors.wasm
+sink:
+  provider: kafka
+  config:
+    bootstrap_servers: {bootstrap}
+    topic: dropping
+    buffer: disk
+    buffer_dir: {}
+    buffer_max_bytes: 16KiB
+    buffer_full: drop_oldest
+",
+        buffer_dir.display()
+    ))
+    .unwrap();
+    let deployment = Deployment::start(lattice.nats(), &spec, &par, &dir).await.unwrap();
+    deployment.wait_linked(WAIT).await.unwrap();
+    let url = format!("http://127.0.0.1:{port}/ingest/d");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    // Request `r` carries readings `d-{r}-{i}`: one request, one batch.
+    let per = 10;
+    let post = |request: usize| {
+        let body: String = (0..per)
+            .map(|i| format!("{{\"device\":\"d-{request}-{i}\",\"temp\":1,\"site\":\"edge\"}}\n"))
+            .collect();
+        http.post(&url)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+    };
+    assert!(post(1_000_000).await.unwrap().status().is_success());
+    let live = kafka_records(&bootstrap, "dropping", &["d-1000000-0".to_string()]).await;
+    assert!(
+        live.contains_key("d-1000000-0"),
+        "the pipeline moved nothing: {}",
+        deployment.progress().await
+    );
+
+    // The broker frozen; 100 batches into a buffer that holds about 15: every request is
+    // answered 200, and the oldest batches make room for the newest.
+    kafka.process().signal("STOP").unwrap();
+    let requests = 100;
+    for request in 0..requests {
+        let response = post(request).await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "request {request} answered {}: {}",
+            response.status(),
+            deployment.progress().await
+        );
+    }
+    let full = deployment.progress().await;
+    let metrics = full.sink.as_ref().expect("the sink link").metrics;
+    assert!(metrics.buffer_dropped > 0, "nothing dropped: {full}");
+    kafka.process().signal("CONT").unwrap();
+
+    // The newest batches all land; what does not is exactly what was counted dropped, and it is
+    // the oldest (the batch the drainer was writing when the broker froze may still land).
+    // Drained in order: once the newest batch is in Kafka, every batch kept is.
+    let wanted: Vec<String> = (0..per).map(|i| format!("d-{}-{i}", requests - 1)).collect();
+    let got = kafka_records(&bootstrap, "dropping", &wanted).await;
+    let landed: Vec<usize> = (0..requests)
+        .filter(|r| (0..per).any(|i| got.contains_key(&format!("d-{r}-{i}"))))
+        .collect();
+    for r in &landed {
+        assert!(
+            (0..per).all(|i| got.contains_key(&format!("d-{r}-{i}"))),
+            "batch {r} landed in part"
+        );
+    }
+    let oldest_kept = (0..requests)
+        .rev()
+        .take_while(|r| landed.contains(r))
+        .last()
+        .unwrap_or(requests);
+    let in_flight: Vec<usize> = landed.iter().copied().filter(|r| *r < oldest_kept).collect();
+    let lost = (requests - landed.len()) * per;
+    eprintln!(
+        "drop_oldest: {requests} batches of {per} into a 16 KiB buffer with the broker frozen: {} dropped (counted {}), \
+         batches {oldest_kept}..{requests} landed, and {in_flight:?} the drainer was writing",
+        lost, metrics.buffer_dropped
+    );
+    assert!(
+        in_flight.len() <= 1 && in_flight.iter().all(|r| *r == 0),
+        "only the batch the drainer was writing may land out of the newest run: {in_flight:?}"
+    );
+    assert!(
+        oldest_kept < requests,
+        "no batch landed: {}",
+        deployment.progress().await
+    );
+    // The batch the drainer was writing, if it landed, was counted dropped from the buffer too.
+    assert_eq!(
+        (lost + in_flight.len() * per) as u64,
+        metrics.buffer_dropped,
+        "every record missing was counted dropped, and no other: {}",
+        deployment.progress().await
     );
     deployment.undeploy().await.unwrap();
     lattice.stop().await.unwrap();
