@@ -160,7 +160,10 @@ async fn sluice_tap_prints_a_running_pipelines_records_and_is_refused_for_sensit
     let (ok, stdout, stderr) = sluice_tap(&viewer, &[spec, "-n", "5"]).await;
     assert!(!ok, "tapped without rights: {stdout}");
     assert!(stdout.is_empty(), "{stdout}");
-    assert!(stderr.contains("operator rights"), "{stderr}");
+    assert!(
+        stderr.contains("operator rights") && stderr.contains("Permissions Violation"),
+        "{stderr}"
+    );
     // The same user still reads the pipeline's status: only tapping is withheld.
     let status = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["status", spec, "--json", "--lattice-url", &viewer])

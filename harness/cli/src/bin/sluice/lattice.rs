@@ -21,6 +21,15 @@ pub struct LatticeUrl {
 impl LatticeUrl {
     /// Connects to the lattice's NATS server, as the user the URL or the credentials file names.
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        Ok(self.connect_watching().await?.0)
+    }
+
+    /// Like [`LatticeUrl::connect`], also returning the errors the server sends this client (a
+    /// permissions violation when the user may not publish or subscribe a subject).
+    pub async fn connect_watching(
+        &self,
+    ) -> anyhow::Result<(async_nats::Client, tokio::sync::mpsc::UnboundedReceiver<String>)> {
+        let (errors, watch) = tokio::sync::mpsc::unbounded_channel();
         let addr: async_nats::ServerAddr = self
             .url
             .parse()
@@ -36,10 +45,17 @@ impl LatticeUrl {
             ),
             (None, None) => async_nats::ConnectOptions::new(),
         };
-        options
+        let client = options
+            .event_callback(move |event| {
+                if let async_nats::Event::ServerError(error) = event {
+                    let _ = errors.send(error.to_string());
+                }
+                std::future::ready(())
+            })
             .connect(addr)
             .await
-            .with_context(|| format!("failed to connect to the lattice at {}", self.shown()))
+            .with_context(|| format!("failed to connect to the lattice at {}", self.shown()))?;
+        Ok((client, watch))
     }
 
     /// The URL without its password, for messages.

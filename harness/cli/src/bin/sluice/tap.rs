@@ -77,7 +77,7 @@ async fn tap(args: Args) -> anyhow::Result<()> {
         preview_bytes: args.preview_bytes,
         ..TapRequest::new(role, Some(ids.step.clone()), args.n)
     };
-    let nats = args.url.connect().await?;
+    let (nats, mut server_errors) = args.url.connect_watching().await?;
     let inbox = nats.new_inbox();
     let mut events = nats.subscribe(inbox.clone()).await?;
     let subject = tap_subject(&spec.lattice, &provider);
@@ -89,7 +89,19 @@ async fn tap(args: Args) -> anyhow::Result<()> {
     let mut within = ANSWER_WITHIN;
     let mut printed = 0;
     loop {
-        let Ok(next) = tokio::time::timeout(within, events.next()).await else {
+        let next = tokio::select! {
+            next = tokio::time::timeout(within, events.next()) => next,
+            Some(error) = server_errors.recv() => {
+                anyhow::ensure!(
+                    !error.to_ascii_lowercase().contains("permissions violation"),
+                    "tap refused by the lattice's NATS server ({error}): tapping takes operator rights on \
+                     lattice `{}`, the right to publish {subject}",
+                    spec.lattice
+                );
+                continue;
+            }
+        };
+        let Ok(next) = next else {
             anyhow::ensure!(
                 within != ANSWER_WITHIN,
                 "no answer on {subject} within {ANSWER_WITHIN:?}: is `{}` running on lattice `{}`, and may this \
