@@ -24,38 +24,68 @@ authorization {
 no_auth_user: operator
 "#;
 
-/// Publishes a reading `tap-N` to `topic` every 100 ms until `stop` is set.
-fn keep_publishing(port: u16, topic: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
-    let topic = topic.to_string();
-    std::thread::spawn(move || {
-        let mut child = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-q",
-                "1",
-                "-t",
-                &topic,
-                "-l",
-            ])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("mosquitto_pub");
-        let mut stdin = child.stdin.take().unwrap();
-        let mut n = 0;
-        while !stop.load(Ordering::Relaxed) {
-            if writeln!(stdin, r#"{{"device":"tap-{n}","temp":21.5,"site":"plant-t"}}"#).is_err() {
-                break;
+/// Publishes a reading `tap-N` to a topic every 100 ms (one `mosquitto_pub -l`) until stopped
+/// or dropped (a failing test leaves no publisher behind).
+struct Publisher {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Publisher {
+    fn start(port: u16, topic: &str) -> Self {
+        let topic = topic.to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut child = Command::new("mosquitto_pub")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-q",
+                    "1",
+                    "-t",
+                    &topic,
+                    "-l",
+                ])
+                .stdin(Stdio::piped())
+                .spawn()
+                .expect("mosquitto_pub");
+            let mut stdin = child.stdin.take().unwrap();
+            let mut n = 0;
+            while !flag.load(Ordering::Relaxed) {
+                if writeln!(stdin, r#"{{"device":"tap-{n}","temp":21.5,"site":"plant-t"}}"#).is_err() {
+                    break;
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(100));
             }
-            n += 1;
-            std::thread::sleep(Duration::from_millis(100));
+            drop(stdin);
+            let _ = child.kill();
+            let _ = child.wait();
+            n
+        });
+        Self {
+            stop,
+            thread: Some(thread),
         }
-        drop(stdin);
-        let _ = child.wait();
-        n
-    })
+    }
+
+    /// Stops publishing; returns how many readings were published.
+    fn stop(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Runs `sluice tap <args> --lattice-url <url>` to its end: (exit success, stdout, stderr).
@@ -106,8 +136,7 @@ async fn sluice_tap_prints_a_running_pipelines_records_and_is_refused_for_sensit
         .unwrap();
     deployment.wait_linked(WAIT).await.unwrap();
     // Readings flow from here on; the first tap waits for them (its timeout is 60 s).
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = keep_publishing(mqtt.port, "tapped/plant-t", Arc::clone(&stop));
+    let publisher = Publisher::start(mqtt.port, "tapped/plant-t");
 
     // As the operator (the lattice's own user): 5 readings as the source delivered them.
     let (ok, stdout, stderr) = sluice_tap(&nats.url(), &[spec, "--at", "source", "-n", "5", "--json"]).await;
@@ -176,10 +205,7 @@ async fn sluice_tap_prints_a_running_pipelines_records_and_is_refused_for_sensit
         "{report}"
     );
 
-    stop.store(true, Ordering::Relaxed);
-    let published = tokio::task::spawn_blocking(move || publisher.join().unwrap())
-        .await
-        .unwrap();
+    let published = tokio::task::spawn_blocking(move || publisher.stop()).await.unwrap();
     eprintln!("tap: {published} readings published while tapping");
     // No tap is left open on the providers: they expire with their records.
     deployment.undeploy().await.unwrap();
