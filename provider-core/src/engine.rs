@@ -15,6 +15,7 @@ use crate::link::{keep_opening, open_with_retry, LinkError, LinkErrorReason, Lin
 use crate::metrics::{LinkHealth, LinkMetrics, MetricsSnapshot};
 use crate::sink::{SinkConnector, SinkLink, SinkSettings};
 use crate::source::{Ingest, LinkStart, RunnerSettings, SourceSide};
+use crate::tap::{TapError, TapRequest, TapStream, Taps};
 use crate::{ConnectorError, Failure, Message};
 
 struct SourceLink {
@@ -41,6 +42,8 @@ pub struct Engine<S: SourceSide, K: SinkConnector> {
     refused: Mutex<BTreeMap<(Role, LinkKey), String>>,
     /// Where single-reader source links take their lease, once [`Engine::use_leases`] is called.
     leases: std::sync::OnceLock<crate::lease::Leases>,
+    /// Open taps, fed where source batches are delivered and sink writes arrive.
+    taps: Arc<Taps>,
 }
 
 /// A refused link and why.
@@ -113,6 +116,7 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             sinks: RwLock::default(),
             refused: Mutex::default(),
             leases: std::sync::OnceLock::new(),
+            taps: Arc::default(),
         }
     }
 
@@ -169,6 +173,13 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         let reader_config = ConfigReader::new(&spec.config, &spec.secrets);
         let settings = RunnerSettings::from_config_or(&reader_config, &self.source.runner_defaults())
             .map_err(|e| self.refuse(Role::Source, &key, e.into()))?;
+        let sensitive = reader_config
+            .bool_or(crate::tap::SENSITIVE_KEY, false)
+            .map_err(|e| self.refuse(Role::Source, &key, e.into()))?;
+        if sensitive {
+            // At once, so that no tap sees a record of the link while it is being replaced.
+            self.taps.set_sensitive(Role::Source, &key, true);
+        }
         let config = self
             .source
             .parse_config(&reader_config)
@@ -195,6 +206,12 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             }
         }
         self.delete_source_link(&key).await;
+        self.taps.set_sensitive(Role::Source, &key, sensitive);
+        let ingest = TappedIngest {
+            inner: ingest,
+            taps: Arc::clone(&self.taps),
+            key: key.clone(),
+        };
         let metrics = Arc::new(LinkMetrics::default());
         let stop = CancellationToken::new();
         let drain_timeout = settings.drain_timeout;
@@ -245,6 +262,7 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             error!(component = %key.component, link = %key.name, %err, "source link task failed");
         }
         lock(&self.stopping).remove(key);
+        self.taps.forget(Role::Source, key);
         info!(component = %key.component, link = %key.name, "source link stopped");
         true
     }
@@ -265,6 +283,13 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         let reader_config = ConfigReader::new(&spec.config, &spec.secrets);
         let settings =
             SinkSettings::from_config(&reader_config).map_err(|e| self.refuse(Role::Sink, &key, e.into()))?;
+        let sensitive = reader_config
+            .bool_or(crate::tap::SENSITIVE_KEY, false)
+            .map_err(|e| self.refuse(Role::Sink, &key, e.into()))?;
+        if sensitive {
+            // At once, so that no tap sees a record of the link while it is being replaced.
+            self.taps.set_sensitive(Role::Sink, &key, true);
+        }
         let config = self
             .sink
             .parse_config(&reader_config)
@@ -322,6 +347,7 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             }
         }
         lock(&self.refused).remove(&(Role::Sink, key.clone()));
+        self.taps.set_sensitive(Role::Sink, &key, sensitive);
         let old = write_lock(&self.sinks).insert(key.clone(), Arc::clone(&link));
         if let Some(old) = old.filter(|old| !Arc::ptr_eq(old, &link)) {
             if let Err(err) = old.drain().await {
@@ -352,6 +378,7 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         let Some(link) = write_lock(&self.sinks).remove(key) else {
             return false;
         };
+        self.taps.forget(Role::Sink, key);
         if let Err(err) = link.drain().await {
             warn!(component = %key.component, link = %key.name, error = %err, "closing the sink failed");
         }
@@ -365,7 +392,10 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         let key = LinkKey::new(component, link_name);
         let link = read_lock(&self.sinks).get(&key).cloned();
         match link {
-            Some(link) => link.write(&key, batch).await,
+            Some(link) => {
+                self.taps.observe(Role::Sink, &key, &batch);
+                link.write(&key, batch).await
+            }
             None => {
                 warn!(component, link = link_name, "write from a component with no sink link");
                 Err(Failure::Retry(format!(
@@ -392,6 +422,19 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         futures::future::join_all(sources.iter().map(|k| self.delete_source_link(k))).await;
         futures::future::join_all(sinks.iter().map(|k| self.delete_sink_link(k))).await;
         self.source.close().await;
+    }
+
+    /// Opens a tap on the live links of `request.at` (to or from `request.component`, when
+    /// given): a sampled, bounded copy of their records until `n` arrived or it times out.
+    /// Refused when a link it would cover is [sensitive](crate::tap::SENSITIVE_KEY) or none
+    /// matches.
+    pub fn tap(&self, request: &TapRequest) -> Result<TapStream, TapError> {
+        let matches = |k: &&LinkKey| request.component.as_ref().is_none_or(|c| &k.component == c);
+        let links: Vec<LinkKey> = match request.at {
+            Role::Source => lock(&self.sources).keys().filter(matches).cloned().collect(),
+            Role::Sink => read_lock(&self.sinks).keys().filter(matches).cloned().collect(),
+        };
+        self.taps.open(request, links)
     }
 
     /// Live links with their counters (and why a degraded one moves nothing yet), and refused
@@ -446,6 +489,24 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         links.sort_by(|a, b| (&a.role, &a.component, &a.name).cmp(&(&b.role, &b.component, &b.name)));
         refused.sort_by(|a, b| (&a.role, &a.component, &a.name).cmp(&(&b.role, &b.component, &b.name)));
         Status { links, refused }
+    }
+}
+
+/// A source link's way to its step, offering each batch to the open taps before delivering it.
+struct TappedIngest<I> {
+    inner: I,
+    taps: Arc<Taps>,
+    key: LinkKey,
+}
+
+impl<I: Ingest> Ingest for TappedIngest<I> {
+    fn deliver(&self, batch: &[Message]) -> impl Future<Output = Result<Result<(), Failure>, anyhow::Error>> + Send {
+        self.taps.observe(Role::Source, &self.key, batch);
+        self.inner.deliver(batch)
+    }
+
+    fn max_batch_bytes(&self) -> Option<u64> {
+        self.inner.max_batch_bytes()
     }
 }
 

@@ -24,6 +24,7 @@ pub mod percent;
 pub mod request;
 pub mod sink;
 pub mod source;
+pub mod tap;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod trace;

@@ -12,7 +12,7 @@ use crate::config::{ConfigError, Secret};
 use crate::ConnectorError;
 
 /// Which end of a link this provider is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// The provider is the link's source: it calls the component's `ingest.deliver`.

@@ -30,6 +30,16 @@ pub fn status_subject(lattice: &str, provider_key: &str) -> String {
     format!("sluice.{lattice}.{provider_key}.status")
 }
 
+/// The NATS subject on which a running provider takes tap requests
+/// ([`TapRequest`](crate::tap::TapRequest) as JSON, with a reply inbox) and sends
+/// [`TapEvent`](crate::tap::TapEvent)s to that inbox. It lies under the lattice's `sluice.{lattice}.`
+/// prefix, so on a lattice whose NATS accounts carry permissions only users allowed to publish it
+/// (operators) can tap.
+#[must_use]
+pub fn tap_subject(lattice: &str, provider_key: &str) -> String {
+    format!("sluice.{lattice}.{provider_key}.tap")
+}
+
 /// Runs a provider made of `source` and `sink` (either may be [`crate::Unsupported`]) until the
 /// host shuts it down or it receives SIGTERM/SIGINT, then drains every link.
 pub async fn run<S: SourceSide, K: SinkConnector>(name: &'static str, source: S, sink: K) -> anyhow::Result<()> {
@@ -93,9 +103,14 @@ where
             .subscribe(status_subject(&connection.lattice, connection.provider_key()))
             .await
             .context("failed to subscribe to the status subject")?;
-        anyhow::Ok((host_shutdown, connection, wrpc, status))
+        let taps = connection
+            .nats
+            .subscribe(tap_subject(&connection.lattice, connection.provider_key()))
+            .await
+            .context("failed to subscribe to the tap subject")?;
+        anyhow::Ok((host_shutdown, connection, wrpc, (status, taps)))
     });
-    let (host_shutdown, connection, wrpc, mut status) = tokio::select! {
+    let (host_shutdown, connection, wrpc, (mut status, taps)) = tokio::select! {
         started = started => started?,
         () = watchdog.parent_gone() => anyhow::bail!("the host process exited while the provider was starting"),
     };
@@ -113,6 +128,12 @@ where
             }
         }
     });
+
+    let tap_task = tokio::spawn(serve_taps(
+        Arc::clone(&provider.engine),
+        Arc::clone(&connection.nats),
+        taps,
+    ));
 
     let stop = {
         let provider = provider.clone();
@@ -137,6 +158,7 @@ where
         .await
         .context("failed to serve sink.write")?;
     status_task.abort();
+    tap_task.abort();
     // With the lattice gone a flush would wait for a reconnection that never comes.
     match tokio::time::timeout(Duration::from_secs(2), connection.nats.flush()).await {
         Ok(Ok(())) => {}
@@ -144,6 +166,69 @@ where
         Err(_) => warn!("the lattice connection did not flush in time"),
     }
     Ok(())
+}
+
+/// Answers tap requests: each opens a tap on the engine and streams its records to the request's
+/// reply inbox until it ends (after `n` records or its timeout; taps are bounded by the engine).
+async fn serve_taps<S: SourceSide, K: SinkConnector>(
+    engine: Arc<Engine<S, K>>,
+    nats: Arc<async_nats::Client>,
+    mut requests: async_nats::Subscriber,
+) {
+    use crate::tap::{TapEvent, TapRequest};
+    let send = |nats: Arc<async_nats::Client>, inbox: async_nats::Subject, event: TapEvent| async move {
+        let body = serde_json::to_vec(&event).unwrap_or_default();
+        nats.publish(inbox, body.into()).await
+    };
+    while let Some(msg) = requests.next().await {
+        let Some(inbox) = msg.reply else { continue };
+        let opened = serde_json::from_slice::<TapRequest>(&msg.payload)
+            .map_err(|e| crate::tap::TapError::BadRequest(e.to_string()))
+            .and_then(|request| engine.tap(&request).map(|stream| (request, stream)));
+        let (request, mut stream) = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                warn!(%error, "tap refused");
+                if let Err(err) = send(
+                    Arc::clone(&nats),
+                    inbox,
+                    TapEvent::Refused {
+                        error: error.to_string(),
+                    },
+                )
+                .await
+                {
+                    warn!(%err, "failed to answer a tap request");
+                }
+                continue;
+            }
+        };
+        info!(at = %request.at, links = ?stream.links(), n = request.n, "tap opened");
+        let nats = Arc::clone(&nats);
+        tokio::spawn(async move {
+            let links = stream.links().to_vec();
+            if send(Arc::clone(&nats), inbox.clone(), TapEvent::Started { links })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while let Some(record) = stream.next().await {
+                if send(Arc::clone(&nats), inbox.clone(), TapEvent::Record(record))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let ended = TapEvent::Ended {
+                records: stream.received(),
+                reason: stream.end_reason(),
+            };
+            info!(records = stream.received(), reason = %stream.end_reason(), "tap ended");
+            let _ = send(nats, inbox, ended).await;
+        });
+    }
 }
 
 /// How long closing the connectors may take once the links have drained: a provider told to stop

@@ -17,6 +17,8 @@ mod examples;
 mod instances;
 #[path = "lattice/recovery.rs"]
 mod recovery;
+#[path = "lattice/tap.rs"]
+mod tap;
 #[path = "lattice/tenants.rs"]
 mod tenants;
 

@@ -10,6 +10,7 @@ mod render;
 mod run;
 mod sign;
 mod status;
+mod tap;
 mod test;
 mod undeploy;
 
@@ -46,6 +47,8 @@ enum Command {
     Undeploy(undeploy::Args),
     /// Show a pipeline's status and link counters, or list a lattice's applications.
     Status(status::Args),
+    /// Print a sample of the records flowing through a running pipeline (operator rights needed).
+    Tap(tap::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Deploy(args) => deploy::run(args),
         Command::Undeploy(args) => undeploy::run(args),
         Command::Status(args) => status::run(args),
+        Command::Tap(args) => tap::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
