@@ -57,6 +57,24 @@ impl LinkKey {
     pub fn dir_in(&self, root: &std::path::Path) -> std::path::PathBuf {
         root.join(path_segment(&self.component)).join(path_segment(&self.name))
     }
+
+    /// `{prefix}-{component}-{name}` with every character other than ASCII letters, digits, `-`
+    /// and `_` replaced by `_`: this link's name in a system that allows only those (an MQTT
+    /// client id, a JetStream durable consumer). Readable rather than injective: a config key
+    /// lets a user choose the name where two links would meet.
+    #[must_use]
+    pub fn identifier(&self, prefix: &str) -> String {
+        format!("{prefix}-{}-{}", self.component, self.name)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
 }
 
 /// `text` as one file name: bytes outside `A-Z a-z 0-9 - _ .` are percent-encoded (`/` is `%2F`,
@@ -197,6 +215,13 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+
+    #[test]
+    fn an_identifier_keeps_letters_digits_dashes_and_underscores() {
+        let key = LinkKey::new("acme:step/v1", "out.0");
+        assert_eq!(key.identifier("sluice-sink"), "sluice-sink-acme_step_v1-out_0");
+        assert_eq!(LinkKey::new("c", "d").identifier("p"), "p-c-d");
+    }
 
     /// Opens with `open`, counting its calls.
     async fn open_counting(fail: impl Fn(u32) -> Option<ConnectorError>) -> (Result<(), ConnectorError>, u32) {

@@ -311,18 +311,7 @@ impl SourceConfig {
     /// provider resumes where the last one stopped.
     #[must_use]
     pub fn durable(&self, link: &LinkKey) -> String {
-        self.durable.clone().unwrap_or_else(|| {
-            format!("sluice-{}-{}", link.component, link.name)
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect()
-        })
+        self.durable.clone().unwrap_or_else(|| link.identifier("sluice"))
     }
 }
 

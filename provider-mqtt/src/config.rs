@@ -132,18 +132,9 @@ impl Connection {
     /// The configured client id, or a stable one derived from the link (`role` tells a link's
     /// source, sink and dead-letter connections apart), so a restarted provider resumes its session.
     pub fn client_id(&self, link: &LinkKey, role: &str) -> String {
-        self.client_id.clone().unwrap_or_else(|| {
-            format!("sluice-{role}-{}-{}", link.component, link.name)
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect()
-        })
+        self.client_id
+            .clone()
+            .unwrap_or_else(|| link.identifier(&format!("sluice-{role}")))
     }
 
     /// `host:port`, for origins and logs.
