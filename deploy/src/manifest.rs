@@ -550,29 +550,7 @@ pub fn render(spec: &PipelineSpec, images: &Images) -> Manifest {
         let sink = provider_component(spec, "sink", &spec.sink, &images.sink, ids.sink, Vec::new());
         vec![source, step, sink]
     };
-    let mut manifest = Manifest {
-        api_version: "core.oam.dev/v1beta1".into(),
-        kind: "Application".into(),
-        metadata: Metadata {
-            name: spec.name.clone(),
-            annotations,
-        },
-        spec: Spec {
-            policies: vec![Policy {
-                name: SECRETS_POLICY.into(),
-                kind: "policy.secret.wasmcloud.dev/v1alpha1".into(),
-                properties: BTreeMap::from([("backend".to_string(), spec.secret_backend.clone())]),
-            }],
-            components,
-        },
-    };
-    // A new version per change: wadm refuses to store a version twice.
-    let digest = crate::digest::short(manifest.to_yaml().as_bytes());
-    manifest
-        .metadata
-        .annotations
-        .insert("version".into(), format!("{}-{digest}", spec.version));
-    manifest
+    Manifest::versioned(&spec.name, &spec.version, &spec.secret_backend, annotations, components)
 }
 
 /// A link as the host holds it once wadm has put it: what [`Manifest::links`] expects.
@@ -643,5 +621,41 @@ impl Manifest {
     #[must_use]
     pub fn to_yaml(&self) -> String {
         serde_yaml::to_string(self).expect("a manifest serializes")
+    }
+}
+
+impl Manifest {
+    /// A pipeline's application: `components` under the secrets policy for `secret_backend`,
+    /// with `annotations`, versioned `<version>-<digest of the manifest>` (a new version per
+    /// change: wadm refuses to store a version twice).
+    pub(crate) fn versioned(
+        name: &str,
+        version: &str,
+        secret_backend: &str,
+        annotations: BTreeMap<String, String>,
+        components: Vec<Component>,
+    ) -> Self {
+        let mut manifest = Manifest {
+            api_version: "core.oam.dev/v1beta1".into(),
+            kind: "Application".into(),
+            metadata: Metadata {
+                name: name.to_owned(),
+                annotations,
+            },
+            spec: Spec {
+                policies: vec![Policy {
+                    name: SECRETS_POLICY.into(),
+                    kind: "policy.secret.wasmcloud.dev/v1alpha1".into(),
+                    properties: BTreeMap::from([("backend".to_string(), secret_backend.to_owned())]),
+                }],
+                components,
+            },
+        };
+        let digest = crate::digest::short(manifest.to_yaml().as_bytes());
+        manifest
+            .metadata
+            .annotations
+            .insert("version".into(), format!("{version}-{digest}"));
+        manifest
     }
 }

@@ -14,8 +14,8 @@ use std::path::Path;
 
 use super::spec::{DagSource, DagSpec, HOP_PROVIDER};
 use crate::manifest::{
-    link, link_side, wadm_id, Component, LinkSide, Manifest, Metadata, NamedConfig, Policy, Properties, SharedRef,
-    Spec, Trait, LATTICE_ANNOTATION, SECRETS_POLICY,
+    link, link_side, wadm_id, Component, LinkSide, Manifest, NamedConfig, Properties, SharedRef, Trait,
+    LATTICE_ANNOTATION,
 };
 use crate::spec::{provider_kind, ConfigValue, Endpoint};
 
@@ -472,29 +472,7 @@ pub fn render_dag(spec: &DagSpec, images: &DagImages) -> Manifest {
     if let Some(description) = &spec.description {
         annotations.insert("description".into(), description.clone());
     }
-    let mut manifest = Manifest {
-        api_version: "core.oam.dev/v1beta1".into(),
-        kind: "Application".into(),
-        metadata: Metadata {
-            name: spec.name.clone(),
-            annotations,
-        },
-        spec: Spec {
-            policies: vec![Policy {
-                name: SECRETS_POLICY.into(),
-                kind: "policy.secret.wasmcloud.dev/v1alpha1".into(),
-                properties: BTreeMap::from([("backend".to_string(), spec.secret_backend.clone())]),
-            }],
-            components,
-        },
-    };
-    // A new version per change, as for a one-step pipeline.
-    let digest = crate::digest::short(manifest.to_yaml().as_bytes());
-    manifest
-        .metadata
-        .annotations
-        .insert("version".into(), format!("{}-{digest}", spec.version));
-    manifest
+    Manifest::versioned(&spec.name, &spec.version, &spec.secret_backend, annotations, components)
 }
 
 fn target(name: String) -> LinkSide {
