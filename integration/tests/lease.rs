@@ -185,6 +185,30 @@ fn records(prefix: &str, n: usize) -> Vec<Message> {
     (0..n).map(|i| Message::new(format!("{prefix}{i}"), "memory")).collect()
 }
 
+/// A source whose system sends only while someone listens (MQTT without a session yet) must
+/// be listening when its put is answered, lease or not.
+#[tokio::test]
+async fn a_free_lease_is_taken_and_the_reader_open_when_the_put_is_answered() {
+    let (_server, client) = nats().await;
+    let source = MemorySource::default();
+    let stream = source.stream(&link());
+    let a = Instance::start(&client, "host-a", &source).await;
+    assert_eq!(
+        stream.opened(),
+        1,
+        "the holder's reader was not open when its put returned"
+    );
+    let b = Instance::start(&client, "host-b", &source).await;
+    tokio::time::sleep(TTL / 2).await;
+    assert_eq!(
+        stream.opened(),
+        1,
+        "the standby opened a reader while the lease was held"
+    );
+    a.engine.shutdown().await;
+    b.engine.shutdown().await;
+}
+
 #[tokio::test]
 async fn of_two_instances_only_the_lease_holder_reads_and_one_that_loses_it_stops_at_once() {
     let (_server, client) = nats().await;

@@ -538,11 +538,16 @@ enum Renewal {
 /// lease is lost that token is cancelled at once (the runner stops polling and drains), and the
 /// link stands by again; when `link.stop` is cancelled the link drains and the lease is
 /// released.
-pub(crate) fn serve_leased<I, F, Fut>(
+///
+/// The lease is looked at once before this returns: a link whose lease is free (or this
+/// process's own) is open and reading when its put is answered, as an unleased link is, so
+/// what its system sends right after the put is not missed; a config its system refuses then
+/// refuses the put. A standby returns at once and waits in the returned future.
+pub(crate) async fn serve_leased<I, F, Fut>(
     lease: Lease,
     link: crate::source::LinkStart<I>,
     start: F,
-) -> futures::future::BoxFuture<'static, ()>
+) -> Result<futures::future::BoxFuture<'static, ()>, crate::link::LinkErrorReason>
 where
     I: crate::source::Ingest,
     F: Fn(crate::source::LinkStart<I>) -> Fut + Send + 'static,
@@ -550,16 +555,48 @@ where
         + Send,
 {
     use crate::metrics::LinkHealth;
-    Box::pin(async move {
-        let crate::source::LinkStart {
-            link: key,
-            ingest,
-            settings,
-            metrics,
-            stop,
-            lease: _,
-        } = link;
-        let mut unreachable = false;
+    let crate::source::LinkStart {
+        link: key,
+        ingest,
+        settings,
+        metrics,
+        stop,
+        lease: _,
+    } = link;
+    // What each run of the link gets: the link's own, with a stop token of the run's.
+    let run_start = {
+        let (key, metrics) = (key.clone(), Arc::clone(&metrics));
+        move |run_stop: CancellationToken| crate::source::LinkStart {
+            link: key.clone(),
+            ingest: Arc::clone(&ingest),
+            settings: settings.clone(),
+            metrics: Arc::clone(&metrics),
+            stop: run_stop,
+            lease: None,
+        }
+    };
+    let mut first = None;
+    let mut unreachable = false;
+    match lease.try_acquire(&mut None).await {
+        Ok(Attempt::Held(revision)) => {
+            info!(link = %lease.link, key = %lease.key, "lease acquired: this instance reads the link");
+            let held = Held::start(lease.clone(), revision);
+            let run_stop = stop.child_token();
+            match start(run_start(run_stop.clone())).await {
+                Ok(run) => first = Some((held, run, run_stop)),
+                Err(reason) => {
+                    held.release().await;
+                    return Err(reason);
+                }
+            }
+        }
+        Ok(Attempt::Busy(_)) => {}
+        Err(err) => {
+            unreachable = true;
+            metrics.set_health(LinkHealth::Degraded(format!("cannot take the link's lease: {err}")));
+        }
+    }
+    Ok(Box::pin(async move {
         let mut reachable = |result: Result<(), &LeaseError>| match result {
             Err(err) => {
                 unreachable = true;
@@ -571,29 +608,28 @@ where
             }
             Ok(()) => {}
         };
-        while let Some(held) = lease.acquire_reporting(&stop, &mut reachable).await {
-            let run_stop = stop.child_token();
-            let started = start(crate::source::LinkStart {
-                link: key.clone(),
-                ingest: Arc::clone(&ingest),
-                settings: settings.clone(),
-                metrics: Arc::clone(&metrics),
-                stop: run_stop.clone(),
-                lease: None,
-            })
-            .await;
-            let run = match started {
-                Ok(run) => run,
-                Err(reason) => {
-                    let refused = crate::link::LinkError {
-                        key: key.clone(),
-                        role: crate::link::Role::Source,
-                        reason,
+        loop {
+            let (held, run, run_stop) = match first.take() {
+                Some(running) => running,
+                None => {
+                    let Some(held) = lease.acquire_reporting(&stop, &mut reachable).await else {
+                        return;
                     };
-                    tracing::error!(error = %refused, "link refused");
-                    metrics.set_health(LinkHealth::Refused(refused.to_string()));
-                    held.release().await;
-                    return;
+                    let run_stop = stop.child_token();
+                    match start(run_start(run_stop.clone())).await {
+                        Ok(run) => (held, run, run_stop),
+                        Err(reason) => {
+                            let refused = crate::link::LinkError {
+                                key: key.clone(),
+                                role: crate::link::Role::Source,
+                                reason,
+                            };
+                            tracing::error!(error = %refused, "link refused");
+                            metrics.set_health(LinkHealth::Refused(refused.to_string()));
+                            held.release().await;
+                            return;
+                        }
+                    }
                 }
             };
             let mut run = std::pin::pin!(run);
@@ -611,7 +647,7 @@ where
                 return;
             }
         }
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -847,9 +847,8 @@ impl<S: SourceConnector> SourceSide for S {
         if let Some(lease) = l.lease.take() {
             // A config the system refuses for good is refused now, not once the lease is held.
             SourceSide::check(&*self, &l.link, &config).await?;
-            return Ok(crate::lease::serve_leased(lease, l, move |l| {
-                start_reader(Arc::clone(&self), config.clone(), l)
-            }));
+            return crate::lease::serve_leased(lease, l, move |l| start_reader(Arc::clone(&self), config.clone(), l))
+                .await;
         }
         start_reader(self, config, l).await
     }

@@ -59,6 +59,7 @@ impl MemorySource {
 pub struct MemoryStream {
     queue: Mutex<VecDeque<(u64, Message)>>,
     next_offset: AtomicU64,
+    opened: AtomicU64,
     polled: AtomicU64,
     acked: Mutex<Vec<u64>>,
     released: Mutex<Vec<u64>>,
@@ -82,6 +83,11 @@ impl MemoryStream {
         }
         drop(queue);
         self.arrived.notify_one();
+    }
+
+    /// How many readers were opened on this stream.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Relaxed)
     }
 
     /// How many records the runner has read.
@@ -179,8 +185,10 @@ impl SourceConnector for MemorySource {
     }
 
     async fn open(&self, link: &LinkKey, config: MemorySourceConfig) -> Result<MemoryReader, ConnectorError> {
+        let stream = self.stream(link);
+        stream.opened.fetch_add(1, Relaxed);
         Ok(MemoryReader {
-            stream: self.stream(link),
+            stream,
             ordered: config.ordered,
         })
     }
