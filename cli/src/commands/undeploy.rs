@@ -1,0 +1,52 @@
+//! `sluice undeploy pipeline.yaml`: undeploy the pipeline through wadm on its lattice (its links
+//! are deleted, so sources drain and acknowledge, and its providers and step stop), and wait
+//! until wadm reports it undeployed. Its stored versions stay for a later deploy unless
+//! `--delete`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use sluice_deploy::pipeline::DEPLOY_TIMEOUT;
+use sluice_deploy::spec::PipelineSpec;
+use sluice_deploy::wadm::WadmClient;
+use wadm_types::api::StatusType;
+
+use super::lattice::{runtime, LatticeUrl};
+
+/// `sluice undeploy` options.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The pipeline spec (its name and lattice are used).
+    spec: PathBuf,
+    #[command(flatten)]
+    lattice: LatticeUrl,
+    /// Also delete every stored version.
+    #[arg(long)]
+    delete: bool,
+}
+
+/// Undeploys the pipeline.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    runtime()?.block_on(undeploy(args))
+}
+
+async fn undeploy(args: Args) -> anyhow::Result<()> {
+    let spec = PipelineSpec::from_file(&args.spec)?;
+    let wadm = WadmClient::new(args.lattice.connect().await?, &spec.lattice);
+    let name = &spec.name;
+    anyhow::ensure!(
+        wadm.status(name).await?.is_some(),
+        "`{name}` is not deployed on lattice `{}`",
+        spec.lattice
+    );
+    wadm.undeploy(name).await?;
+    wadm.wait_for(name, StatusType::Undeployed, DEPLOY_TIMEOUT)
+        .await
+        .with_context(|| format!("`{name}` did not undeploy"))?;
+    println!("undeployed `{name}` on lattice `{}`", spec.lattice);
+    if args.delete {
+        wadm.delete(name).await?;
+        println!("deleted every stored version of `{name}`");
+    }
+    Ok(())
+}
