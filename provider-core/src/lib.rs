@@ -27,6 +27,7 @@ pub mod source;
 pub mod tap;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod time;
 pub mod trace;
 pub mod wasmcloud;
 pub mod wire;

@@ -112,7 +112,7 @@ impl LinkMetrics {
             buffered_records: self.buffered_records.load(Relaxed),
             buffer_oldest_age_ms: match self.buffer_oldest_ms.load(Relaxed) {
                 0 => 0,
-                oldest => unix_ms().saturating_sub(oldest),
+                oldest => crate::time::unix_ms().saturating_sub(oldest),
             },
             buffer_drained: self.buffer_drained.load(Relaxed),
             buffer_dropped: self.buffer_dropped.load(Relaxed),
@@ -137,13 +137,6 @@ impl LinkMetrics {
     pub(crate) fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Relaxed);
     }
-}
-
-/// The time now, in Unix milliseconds.
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Increments the in-flight gauge for as long as it lives.

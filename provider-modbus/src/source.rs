@@ -9,11 +9,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::ser::SerializeMap as _;
 use serde::Serialize;
 use sluice_provider_core::backoff::Backoff;
+use sluice_provider_core::time::unix_ms;
 use sluice_provider_core::{ConnectorError, Message, Record, SourceReader};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -159,12 +159,6 @@ struct Poller {
     tx: mpsc::Sender<Vec<Message>>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl Poller {
     async fn run(mut self) {
         let interval = self.map.devices[self.device].interval;
@@ -177,7 +171,7 @@ impl Poller {
                 sleep_until(next).await;
             }
             let started = Instant::now();
-            let timestamp = now_ms();
+            let timestamp = unix_ms();
             let polled = self.poll_once().await;
             let wait = match &polled {
                 Ok(_) => {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sluice_provider_core::time::unix_ms;
 use sluice_provider_core::{
     ConfigError, ConfigReader, ConnectorError, LinkKey, Message, Record, SourceConnector, SourceReader,
 };
@@ -166,7 +167,7 @@ impl MqttReader {
             key: Some(Bytes::from(m.topic.clone().into_bytes())),
             payload: m.payload,
             headers,
-            timestamp_ms: Some(now_ms()),
+            timestamp_ms: Some(unix_ms()),
             origin,
         };
         // MQTT orders messages per topic; keep that order through the pipeline unless told not to.
@@ -177,12 +178,6 @@ impl MqttReader {
             record
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl SourceReader for MqttReader {

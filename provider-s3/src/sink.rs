@@ -15,11 +15,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use sluice_provider_core::time::unix_ms;
 use sluice_provider_core::{ConfigError, ConfigReader, ConnectorError, Failure, LinkKey, Message, Rejected};
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
@@ -340,7 +341,7 @@ async fn drain_spool(
                 continue;
             }
         };
-        let (_, outcomes) = shared.append_batch(&batch, now_ms(), false).await;
+        let (_, outcomes) = shared.append_batch(&batch, unix_ms(), false).await;
         drop(batch);
         let (shared_, spool, files) = (Arc::clone(&shared), Arc::clone(&spool), files.clone());
         shared.track(tokio::spawn(async move {
@@ -374,12 +375,6 @@ async fn wait_outcomes(outcomes: Vec<watch::Receiver<Outcome>>) -> Option<String
     failure
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl Shared {
     /// Appends one encoded record to its partition's object, uploading a part when one is full
     /// and closing the object when the roll policy says so. Returns the object's outcome.
@@ -396,7 +391,7 @@ impl Shared {
                 self.close(object);
             }
             pool.seq += 1;
-            let key = partition.object_key(&unique_suffix(now_ms(), self.writer_id, pool.seq));
+            let key = partition.object_key(&unique_suffix(unix_ms(), self.writer_id, pool.seq));
             pool.open.insert(
                 partition.clone(),
                 OpenObject {
@@ -786,7 +781,7 @@ impl sluice_provider_core::SinkWriter for S3Writer {
         }
         // Records go straight from the batch into their objects' part buffers: no copy of the
         // batch is held beside it.
-        let (rejected, outcomes) = self.shared.append_batch(&batch, now_ms(), true).await;
+        let (rejected, outcomes) = self.shared.append_batch(&batch, unix_ms(), true).await;
         drop(batch);
         let failure = wait_outcomes(outcomes).await;
         self.shared.waiting.fetch_sub(1, Ordering::SeqCst);

@@ -11,6 +11,7 @@ use std::time::Instant;
 use sluice_integration::modbus::ModbusServer;
 use sluice_integration::procfs;
 use sluice_integration::proxy::Proxy;
+use sluice_provider_core::time::unix_ms;
 
 use super::recovery::{provider_pid, restarted};
 use super::*;
@@ -160,12 +161,6 @@ async fn between_polls(modbus: &ModbusServer) -> (usize, u64) {
         assert!(Instant::now() < deadline, "the device was not polled");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-/// The time now, in Unix milliseconds (as the Modbus source stamps its polls).
-fn unix_ms() -> u64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    since.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Bytes of the files under `dir`.

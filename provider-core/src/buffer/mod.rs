@@ -41,7 +41,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::config::{parse_duration, ConfigError, ConfigReader};
-use crate::metrics::{unix_ms as now_ms, LinkMetrics};
+use crate::metrics::LinkMetrics;
+use crate::time::unix_ms as now_ms;
 use crate::Message;
 
 pub use self::drainer::FINAL_DRAIN;

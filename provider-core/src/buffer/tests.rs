@@ -276,7 +276,7 @@ fn batches_older_than_max_age_are_dropped_and_counted() {
     };
     let metrics = Arc::new(LinkMetrics::default());
     let (mut log, _) = log::Log::open(dir.path(), &opts, Arc::clone(&metrics)).unwrap();
-    let now = crate::metrics::unix_ms();
+    let now = crate::time::unix_ms();
     log.append(&batch("old", 3), now - 120_000).unwrap();
     log.append(&batch("older", 2), now - 120_000).unwrap();
     assert!(metrics.snapshot().buffer_oldest_age_ms >= 120_000);
