@@ -26,10 +26,35 @@ pub struct Progress {
     pub sink_answered: bool,
 }
 
-async fn provider_status(nats: &async_nats::Client, lattice: &str, provider: &str) -> Option<Status> {
-    let request = nats.request(status_subject(lattice, provider), "".into());
-    let reply = tokio::time::timeout(Duration::from_secs(2), request).await.ok()?.ok()?;
-    serde_json::from_slice(&reply.payload).ok()
+/// How long to wait for a provider's first status answer.
+const FIRST_ANSWER: Duration = Duration::from_secs(2);
+/// How long after the first answer the other instances of the provider may answer too.
+const OTHER_ANSWERS: Duration = Duration::from_millis(250);
+
+/// The status of `provider` on `lattice`: every instance answers (each gets every link), and
+/// their answers merge into one ([`Status::merge`]); `None` when none answered.
+pub async fn provider_status(nats: &async_nats::Client, lattice: &str, provider: &str) -> Option<Status> {
+    use futures::StreamExt as _;
+    let inbox = nats.new_inbox();
+    let mut answers = nats.subscribe(inbox.clone()).await.ok()?;
+    nats.publish_with_reply(status_subject(lattice, provider), inbox, "".into())
+        .await
+        .ok()?;
+    let parse = |m: async_nats::Message| serde_json::from_slice::<Status>(&m.payload).ok();
+    let first = tokio::time::timeout(FIRST_ANSWER, answers.next()).await.ok()??;
+    let mut statuses: Vec<Status> = parse(first).into_iter().collect();
+    let others = tokio::time::sleep(OTHER_ANSWERS);
+    tokio::pin!(others);
+    loop {
+        tokio::select! {
+            () = &mut others => break,
+            answer = answers.next() => match answer {
+                Some(m) => statuses.extend(parse(m)),
+                None => break,
+            },
+        }
+    }
+    (!statuses.is_empty()).then(|| Status::merge(statuses))
 }
 
 impl Progress {
@@ -89,6 +114,9 @@ impl fmt::Display for Progress {
         for (end, link) in [("source", &self.source), ("sink", &self.sink)] {
             if let Some(reason) = link.as_ref().and_then(|l| l.degraded.as_deref()) {
                 write!(f, " | {end} degraded (retrying): {reason}")?;
+            }
+            if let Some(holder) = link.as_ref().and_then(|l| l.standby_for.as_deref()) {
+                write!(f, " | {end} standing by: {holder} reads it, and did not answer")?;
             }
         }
         if !self.refused.is_empty() {
@@ -286,6 +314,9 @@ impl fmt::Display for DagProgress {
             }
             if let Some(reason) = link.status.as_ref().and_then(|l| l.degraded.as_deref()) {
                 write!(f, " (degraded, retrying: {reason})")?;
+            }
+            if let Some(holder) = link.status.as_ref().and_then(|l| l.standby_for.as_deref()) {
+                write!(f, " (standing by: {holder} reads it, and did not answer)")?;
             }
             writeln!(f)?;
         }

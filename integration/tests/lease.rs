@@ -188,7 +188,7 @@ fn records(prefix: &str, n: usize) -> Vec<Message> {
 /// A source whose system sends only while someone listens (MQTT without a session yet) must
 /// be listening when its put is answered, lease or not.
 #[tokio::test]
-async fn a_free_lease_is_taken_and_the_reader_open_when_the_put_is_answered() {
+async fn a_free_lease_is_taken_and_the_reader_open_when_the_put_is_answered_the_other_stands_by() {
     let (_server, client) = nats().await;
     let source = MemorySource::default();
     let stream = source.stream(&link());
@@ -205,6 +205,14 @@ async fn a_free_lease_is_taken_and_the_reader_open_when_the_put_is_answered() {
         1,
         "the standby opened a reader while the lease was held"
     );
+    // Their statuses say which one reads, and merge into one link that is not standing by.
+    let (status_a, status_b) = (a.engine.status(), b.engine.status());
+    assert_eq!(status_a.links[0].standby_for, None, "{status_a:?}");
+    let holder = status_b.links[0].standby_for.as_deref().unwrap_or_default();
+    assert!(holder.starts_with("host-a (pid "), "{status_b:?}");
+    let merged = sluice_provider_core::Status::merge([status_a, status_b]);
+    assert_eq!(merged.links.len(), 1);
+    assert_eq!(merged.links[0].standby_for, None);
     a.engine.shutdown().await;
     b.engine.shutdown().await;
 }

@@ -74,6 +74,10 @@ pub struct LinkStatus {
     /// trying); absent when it is connected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
+    /// The instance that reads the link while this one stands by (a single-reader source link
+    /// of a provider running as several instances); absent when this instance reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_for: Option<String>,
 }
 
 /// What the engine is doing: live links with counters, and refused links with their errors.
@@ -86,6 +90,46 @@ pub struct Status {
 }
 
 impl Status {
+    /// One status of the statuses several instances of a provider answered (every instance
+    /// gets every link): a link's counters add up; it is standing by only when every instance
+    /// stands by, and degraded when no instance that reads it is healthy; refusals are listed
+    /// once each.
+    #[must_use]
+    pub fn merge(instances: impl IntoIterator<Item = Status>) -> Status {
+        let mut merged = Status::default();
+        for status in instances {
+            for link in status.links {
+                let same = merged
+                    .links
+                    .iter_mut()
+                    .find(|l| (&l.role, &l.component, &l.name) == (&link.role, &link.component, &link.name));
+                let Some(m) = same else {
+                    merged.links.push(link);
+                    continue;
+                };
+                m.metrics.add(&link.metrics);
+                match (m.standby_for.is_some(), link.standby_for.is_some()) {
+                    // The other instance reads it: its health is the link's.
+                    (true, false) => {
+                        m.standby_for = None;
+                        m.degraded = link.degraded;
+                    }
+                    (false, false) if link.degraded.is_none() => m.degraded = None,
+                    _ => {}
+                }
+            }
+            for refused in status.refused {
+                if !merged.refused.contains(&refused) {
+                    merged.refused.push(refused);
+                }
+            }
+        }
+        merged
+            .links
+            .sort_by(|a, b| (&a.role, &a.component, &a.name).cmp(&(&b.role, &b.component, &b.name)));
+        merged
+    }
+
     /// Why the link from or to `component` moves nothing yet, if it is degraded.
     #[must_use]
     pub fn degraded(&self, component: &str) -> Option<&str> {
@@ -465,9 +509,10 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             .collect();
         let mut links = Vec::with_capacity(live.len());
         for (role, k, metrics) in live {
-            let degraded = match metrics.health() {
-                LinkHealth::Ok => None,
-                LinkHealth::Degraded(reason) => Some(reason),
+            let (degraded, standby_for) = match metrics.health() {
+                LinkHealth::Ok => (None, None),
+                LinkHealth::Degraded(reason) => (Some(reason), None),
+                LinkHealth::Standby(holder) => (None, Some(holder)),
                 LinkHealth::Refused(error) => {
                     refused.push(RefusedLink {
                         role: role.to_string(),
@@ -484,6 +529,7 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
                 name: k.name,
                 metrics: metrics.snapshot(),
                 degraded,
+                standby_for,
             });
         }
         links.sort_by(|a, b| (&a.role, &a.component, &a.name).cmp(&(&b.role, &b.component, &b.name)));
@@ -578,6 +624,66 @@ mod tests {
     use crate::testing::{MemoryIngest, MemorySink, MemorySource, MemoryStream};
 
     const WITHIN: Duration = Duration::from_secs(10);
+
+    fn link(polled: u64, degraded: Option<&str>, standby_for: Option<&str>) -> LinkStatus {
+        LinkStatus {
+            role: "source".into(),
+            component: "step".into(),
+            name: "default".into(),
+            metrics: crate::metrics::MetricsSnapshot {
+                polled,
+                buffer_oldest_age_ms: polled,
+                ..Default::default()
+            },
+            degraded: degraded.map(str::to_string),
+            standby_for: standby_for.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_statuses_of_a_providers_instances_merge_into_one_per_link() {
+        let status = |links: Vec<LinkStatus>| Status { links, refused: vec![] };
+        // The holder reads; the standby's zeros add nothing and its standby is not the link's.
+        let merged = Status::merge([
+            status(vec![link(0, None, Some("host-a (pid 7)"))]),
+            status(vec![link(40, None, None)]),
+        ]);
+        assert_eq!(merged.links.len(), 1);
+        assert_eq!(merged.links[0].metrics.polled, 40);
+        assert_eq!(merged.links[0].standby_for, None);
+        // Every instance stands by (the holder did not answer): the link stands by.
+        let merged = Status::merge([
+            status(vec![link(0, None, Some("host-a"))]),
+            status(vec![link(0, None, Some("host-a"))]),
+        ]);
+        assert_eq!(merged.links[0].standby_for.as_deref(), Some("host-a"));
+        // Sinks on two instances: counters add up, the oldest age is the older; one healthy
+        // instance makes the link healthy.
+        let merged = Status::merge([
+            status(vec![link(5, Some("no broker"), None)]),
+            status(vec![link(7, None, None)]),
+        ]);
+        assert_eq!(merged.links[0].metrics.polled, 12);
+        assert_eq!(merged.links[0].metrics.buffer_oldest_age_ms, 7);
+        assert_eq!(merged.links[0].degraded, None);
+        let refused = RefusedLink {
+            role: "sink".into(),
+            component: "step".into(),
+            name: "default".into(),
+            error: "bucket: no such bucket".into(),
+        };
+        let merged = Status::merge([
+            Status {
+                links: vec![],
+                refused: vec![refused.clone()],
+            },
+            Status {
+                links: vec![],
+                refused: vec![refused.clone()],
+            },
+        ]);
+        assert_eq!(merged.refused, vec![refused]);
+    }
 
     struct Setup {
         engine: Engine<MemorySource, MemorySink>,

@@ -248,6 +248,27 @@ struct Seen {
     wait: Duration,
 }
 
+/// What one look at a lease found.
+#[derive(Debug, Clone, Copy)]
+pub enum Look<'a> {
+    /// This instance holds it now.
+    Held,
+    /// Another instance holds it (its name and process, `?` when unreadable).
+    Busy(&'a str),
+    /// The lease could not be read or written.
+    Unreachable(&'a LeaseError),
+}
+
+impl<'a> Look<'a> {
+    fn of(attempt: &'a Result<Attempt, LeaseError>) -> Self {
+        match attempt {
+            Ok(Attempt::Held(_)) => Self::Held,
+            Ok(Attempt::Busy(holder)) => Self::Busy(holder),
+            Err(err) => Self::Unreachable(err),
+        }
+    }
+}
+
 /// The outcome of one attempt to take a lease.
 enum Attempt {
     Held(u64),
@@ -289,13 +310,9 @@ impl Lease {
         self.acquire_reporting(stop, |_| {}).await
     }
 
-    /// Like [`acquire`](Self::acquire), telling `reachable` after each look whether the lease
-    /// could be read (`Err` with why not), e.g. to show the link degraded meanwhile.
-    pub async fn acquire_reporting(
-        &self,
-        stop: &CancellationToken,
-        mut reachable: impl FnMut(Result<(), &LeaseError>),
-    ) -> Option<Held> {
+    /// Like [`acquire`](Self::acquire), telling `look` what each look at the lease found
+    /// (e.g. to show the link standing by, or degraded while the lease cannot be read).
+    pub async fn acquire_reporting(&self, stop: &CancellationToken, mut look: impl FnMut(Look<'_>)) -> Option<Held> {
         let mut seen = None;
         let mut failures = 0u32;
         let mut standby_logged = false;
@@ -305,7 +322,7 @@ impl Lease {
         };
         loop {
             let attempt = self.try_acquire(&mut seen).await;
-            reachable(attempt.as_ref().map(|_| ()));
+            look(Look::of(&attempt));
             let delay = match attempt {
                 Ok(Attempt::Held(revision)) => {
                     info!(link = %self.link, key = %self.key, "lease acquired: this instance reads the link");
@@ -575,9 +592,21 @@ where
             lease: None,
         }
     };
+    // Shows what a look at the lease found in the link's health.
+    let show = {
+        let metrics = Arc::clone(&metrics);
+        move |look: Look<'_>| match look {
+            Look::Held => metrics.set_health(LinkHealth::Ok),
+            Look::Busy(holder) => metrics.set_health(LinkHealth::Standby(holder.to_string())),
+            Look::Unreachable(err) => {
+                metrics.set_health(LinkHealth::Degraded(format!("cannot take the link's lease: {err}")));
+            }
+        }
+    };
     let mut first = None;
-    let mut unreachable = false;
-    match lease.try_acquire(&mut None).await {
+    let attempt = lease.try_acquire(&mut None).await;
+    show(Look::of(&attempt));
+    match attempt {
         Ok(Attempt::Held(revision)) => {
             info!(link = %lease.link, key = %lease.key, "lease acquired: this instance reads the link");
             let held = Held::start(lease.clone(), revision);
@@ -590,29 +619,14 @@ where
                 }
             }
         }
-        Ok(Attempt::Busy(_)) => {}
-        Err(err) => {
-            unreachable = true;
-            metrics.set_health(LinkHealth::Degraded(format!("cannot take the link's lease: {err}")));
-        }
+        Ok(Attempt::Busy(_)) | Err(_) => {}
     }
     Ok(Box::pin(async move {
-        let mut reachable = |result: Result<(), &LeaseError>| match result {
-            Err(err) => {
-                unreachable = true;
-                metrics.set_health(LinkHealth::Degraded(format!("cannot take the link's lease: {err}")));
-            }
-            Ok(()) if unreachable => {
-                unreachable = false;
-                metrics.set_health(LinkHealth::Ok);
-            }
-            Ok(()) => {}
-        };
         loop {
             let (held, run, run_stop) = match first.take() {
                 Some(running) => running,
                 None => {
-                    let Some(held) = lease.acquire_reporting(&stop, &mut reachable).await else {
+                    let Some(held) = lease.acquire_reporting(&stop, &show).await else {
                         return;
                     };
                     let run_stop = stop.child_token();

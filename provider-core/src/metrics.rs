@@ -16,6 +16,9 @@ pub enum LinkHealth {
     Degraded(String),
     /// Failed for good while connecting in the background (bad credentials, no such bucket).
     Refused(String),
+    /// Another instance of the provider holds the link's lease and reads it (its name and
+    /// process); this one takes over when that one stops.
+    Standby(String),
 }
 
 /// Counters of one link. All are totals since the link was put, except `in_flight`.
@@ -91,6 +94,49 @@ pub struct MetricsSnapshot {
     /// one per new segment).
     #[serde(default)]
     pub fsyncs: u64,
+}
+
+impl MetricsSnapshot {
+    /// Adds the counters of another instance's copy of the same link: totals and gauges add
+    /// up, the oldest buffered age is the older of the two.
+    pub fn add(&mut self, other: &Self) {
+        let Self {
+            polled,
+            delivered,
+            retried,
+            rejected,
+            dead_lettered,
+            acked,
+            written,
+            write_failures,
+            busy,
+            in_flight,
+            buffered_bytes,
+            buffered_records,
+            buffer_oldest_age_ms,
+            buffer_drained,
+            buffer_dropped,
+            buffer_rejected,
+            fsyncs,
+        } = other;
+        self.polled += polled;
+        self.delivered += delivered;
+        self.retried += retried;
+        self.rejected += rejected;
+        self.dead_lettered += dead_lettered;
+        self.acked += acked;
+        self.written += written;
+        self.write_failures += write_failures;
+        self.busy += busy;
+        self.in_flight += in_flight;
+        self.buffered_bytes += buffered_bytes;
+        self.buffered_records += buffered_records;
+        self.buffer_oldest_age_ms = self.buffer_oldest_age_ms.max(*buffer_oldest_age_ms);
+        self.buffer_drained += buffer_drained;
+        self.buffer_dropped += buffer_dropped;
+        self.buffer_rejected += buffer_rejected;
+        self.fsyncs += fsyncs;
+    }
 }
 
 impl LinkMetrics {

@@ -172,7 +172,8 @@ fn observe(status: &StatusFn, read: fn(&MetricsSnapshot) -> u64, observer: &dyn 
 }
 
 /// Registers one instrument per link counter on `meter`, plus `sluice.link.degraded` (1 while a
-/// live link cannot reach its system) and `sluice.link.refused` (1 for each refused link).
+/// live link cannot reach its system), `sluice.link.standby` (1 while another instance of the
+/// provider reads the link) and `sluice.link.refused` (1 for each refused link).
 #[must_use]
 pub fn register(meter: &Meter, status: StatusFn) -> LinkInstruments {
     let totals = TOTALS
@@ -209,6 +210,19 @@ pub fn register(meter: &Meter, status: StatusFn) -> LinkInstruments {
             .with_callback(move |observer| {
                 for link in degraded().links {
                     let value = u64::from(link.degraded.is_some());
+                    observer.observe(value, &attributes(&link.role, &link.component, &link.name));
+                }
+            })
+            .build(),
+    );
+    let standby = Arc::clone(&status);
+    levels.push(
+        meter
+            .u64_observable_gauge("sluice.link.standby")
+            .with_description("1 while another instance of the provider holds the link's lease and reads it.")
+            .with_callback(move |observer| {
+                for link in standby().links {
+                    let value = u64::from(link.standby_for.is_some());
                     observer.observe(value, &attributes(&link.role, &link.component, &link.name));
                 }
             })
@@ -324,6 +338,7 @@ mod tests {
                         ..MetricsSnapshot::default()
                     },
                     degraded: None,
+                    standby_for: Some("host-b (pid 9)".into()),
                 },
                 LinkStatus {
                     role: "sink".into(),
@@ -336,6 +351,7 @@ mod tests {
                         ..MetricsSnapshot::default()
                     },
                     degraded: Some("connection refused".into()),
+                    standby_for: None,
                 },
             ],
             refused: vec![RefusedLink {
@@ -358,9 +374,11 @@ mod tests {
         assert_eq!(value("sluice.link.buffer.fsyncs", "sink/step/out"), Some(3));
         assert_eq!(value("sluice.link.degraded", "sink/step/out"), Some(1));
         assert_eq!(value("sluice.link.degraded", "source/step/default"), Some(0));
+        assert_eq!(value("sluice.link.standby", "source/step/default"), Some(1));
+        assert_eq!(value("sluice.link.standby", "sink/step/out"), Some(0));
         assert_eq!(value("sluice.link.refused", "sink/other/bad"), Some(1));
         let names: std::collections::BTreeSet<&str> = points.keys().map(|(m, _)| m.as_str()).collect();
-        assert_eq!(names.len(), TOTALS.len() + LEVELS.len() + 2, "{names:?}");
+        assert_eq!(names.len(), TOTALS.len() + LEVELS.len() + 3, "{names:?}");
         provider.shutdown().unwrap();
     }
 }

@@ -152,7 +152,8 @@ impl<W: SinkWriter> SinkLink<W> {
             LinkMetrics::add(&self.metrics.write_failures, 1);
             let reason = match self.metrics.health() {
                 LinkHealth::Degraded(reason) | LinkHealth::Refused(reason) => reason,
-                LinkHealth::Ok => "opening".into(),
+                // Only source links stand by.
+                LinkHealth::Ok | LinkHealth::Standby(_) => "opening".into(),
             };
             return Err(Failure::Retry(format!("sink not connected: {key}: {reason}")));
         }
