@@ -25,9 +25,13 @@ use super::lattice::LOCAL_NATS;
 pub struct Args {
     /// The pipeline spec.
     spec: PathBuf,
-    /// Deploy to an existing lattice: the NATS URL its hosts and wadm use.
+    /// Deploy to an existing lattice: the NATS URL its hosts and wadm use
+    /// (`nats://user:password@host:port` logs in as that NATS user).
     #[arg(long)]
     lattice_url: Option<String>,
+    /// A NATS credentials file (JWT and seed) to log in to `--lattice-url` with.
+    #[arg(long, requires = "lattice_url")]
+    lattice_creds: Option<PathBuf>,
     /// The provider archives (`cargo xtask par` writes them to `<target dir>/par`).
     #[arg(long)]
     par_dir: Option<PathBuf>,
@@ -98,9 +102,12 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
 
     let (lattice, nats) = match &args.lattice_url {
         Some(url) => {
-            let nats = async_nats::connect(url.as_str())
-                .await
-                .with_context(|| format!("failed to connect to the lattice at {url}"))?;
+            let nats = super::lattice::LatticeUrl {
+                url: url.clone(),
+                creds: args.lattice_creds.clone(),
+            }
+            .connect()
+            .await?;
             (None, nats)
         }
         None => {
