@@ -932,6 +932,18 @@ mod tests {
     }
 
     #[test]
+    fn the_main_readme_documents_every_engine_key() {
+        let readme = include_str!("../../README.md");
+        for key in SOURCE_KEYS.iter().chain(SINK_KEYS) {
+            assert!(
+                readme.contains(&format!("`{}`", key.name)),
+                "README.md does not document `{}`",
+                key.name
+            );
+        }
+    }
+
+    #[test]
     fn readme_rows_are_found() {
         let text = "| Key | Doc |\n|---|---|\n| `topic` | where |\n| `kafka.<p>` | any |\n| plain | no |\n\n| path | x |\n| `a` | b |\n";
         let keys = readme_keys(text);

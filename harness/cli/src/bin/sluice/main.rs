@@ -8,6 +8,7 @@ mod lattice;
 mod new;
 mod render;
 mod run;
+mod schema;
 mod sign;
 mod status;
 mod tap;
@@ -49,6 +50,8 @@ enum Command {
     Status(status::Args),
     /// Print a sample of the records flowing through a running pipeline (operator rights needed).
     Tap(tap::Args),
+    /// Print the JSON Schema of a provider's link config.
+    Schema(schema::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Undeploy(args) => undeploy::run(args),
         Command::Status(args) => status::run(args),
         Command::Tap(args) => tap::run(args),
+        Command::Schema(args) => schema::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
