@@ -6,6 +6,7 @@ pub mod lattice;
 pub mod new;
 pub mod render;
 pub mod run;
+pub mod schema;
 pub mod sign;
 pub mod status;
 pub mod tap;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{compose, deploy, new, render, run, sign, status, tap, test, undeploy};
+use commands::{compose, deploy, new, render, run, schema, sign, status, tap, test, undeploy};
 
 /// Sluice: ETL pipelines on wasmCloud.
 #[derive(Debug, Parser)]
@@ -41,6 +41,8 @@ enum Command {
     Status(status::Args),
     /// Print a sample of the records flowing through a running pipeline (operator rights needed).
     Tap(tap::Args),
+    /// Print the JSON Schema of a provider's link config.
+    Schema(schema::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Undeploy(args) => undeploy::run(args),
         Command::Status(args) => status::run(args),
         Command::Tap(args) => tap::run(args),
+        Command::Schema(args) => schema::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -319,3 +319,29 @@ fn source_instances_scale_the_source_provider_only() {
         );
     }
 }
+
+#[test]
+fn sluice_schema_prints_the_committed_schema_and_render_refuses_a_bad_config_by_its_path() {
+    let output = Command::new(SLUICE).args(["schema", "mqtt"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let committed =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../provider-mqtt/schema.json")).unwrap();
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), committed);
+    assert!(!Command::new(SLUICE).args(["schema", "ftp"]).status().unwrap().success());
+
+    let spec = std::env::temp_dir().join(format!("sluice-bad-config-{}.yaml", std::process::id()));
+    std::fs::write(
+        &spec,
+        mqtt_to_s3().replace("max_object_age: 2s", "max_object_age: soon"),
+    )
+    .unwrap();
+    let output = Command::new(SLUICE).arg("render").arg(&spec).output().unwrap();
+    std::fs::remove_file(&spec).unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("sink.config.max_object_age: expected a duration like"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
+}

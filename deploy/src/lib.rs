@@ -22,6 +22,7 @@ pub mod local;
 pub mod manifest;
 pub mod pipeline;
 pub mod progress;
+pub mod schemas;
 pub mod secrets;
 pub mod spec;
 pub mod wadm;

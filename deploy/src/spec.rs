@@ -444,5 +444,12 @@ pub(crate) fn check_endpoint(
             ));
         }
     }
-    Ok(())
+    crate::schemas::check_endpoint_config(
+        role,
+        &endpoint.provider,
+        &[role],
+        &endpoint.config,
+        &endpoint.secrets,
+        &endpoint.provider_config,
+    )
 }

@@ -11,6 +11,26 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::link::Role;
+use crate::schema::{KeyType, Schema, Secrecy};
+
+/// How a key is read, for comparing the read with the key's [`Schema`] entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// As text (any type parsed by the caller).
+    Text,
+    /// As a whole number.
+    Int,
+    /// As a boolean.
+    Bool,
+    /// As a duration.
+    Duration,
+    /// As a size.
+    Size,
+    /// As a secret.
+    Secret,
+}
+
 /// A link config value that could not be used. Every variant names the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -34,6 +54,16 @@ pub enum ConfigError {
         /// The key that must be a secret.
         key: String,
     },
+    /// A key the provider does not know (see its [`Schema`]): a typo, or a key of another provider.
+    #[error(
+        "unknown key `{key}`: not a link config key of the {provider} provider (`sluice schema {provider}` lists them)"
+    )]
+    Unknown {
+        /// The unknown key.
+        key: String,
+        /// The provider's short name.
+        provider: String,
+    },
 }
 
 impl ConfigError {
@@ -41,7 +71,10 @@ impl ConfigError {
     #[must_use]
     pub fn key(&self) -> &str {
         match self {
-            Self::Missing { key } | Self::Invalid { key, .. } | Self::SecretInConfig { key } => key,
+            Self::Missing { key }
+            | Self::Invalid { key, .. }
+            | Self::SecretInConfig { key }
+            | Self::Unknown { key, .. } => key,
         }
     }
 
@@ -94,6 +127,8 @@ pub struct ConfigReader<'a> {
     values: &'a HashMap<String, String>,
     secrets: &'a HashMap<String, Secret>,
     read: Mutex<BTreeSet<String>>,
+    schema: Option<(&'a Schema, Role)>,
+    drift: Mutex<Vec<String>>,
 }
 
 impl<'a> ConfigReader<'a> {
@@ -104,7 +139,35 @@ impl<'a> ConfigReader<'a> {
             values,
             secrets,
             read: Mutex::default(),
+            schema: None,
+            drift: Mutex::default(),
         }
+    }
+
+    /// Compares every read with the entry of `role` links in `schema`; what does not match is
+    /// listed by [`drift`](Self::drift).
+    #[must_use]
+    pub fn with_schema(mut self, schema: &'a Schema, role: Role) -> Self {
+        self.schema = Some((schema, role));
+        self
+    }
+
+    /// Reads that did not match the schema given to [`with_schema`](Self::with_schema): a key it
+    /// does not document for the role, a key read as another type or with another default, a
+    /// secret read as plain config or the reverse. Empty when the parser and the schema agree.
+    #[must_use]
+    pub fn drift(&self) -> Vec<String> {
+        self.drift
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The keys read so far, sorted.
+    #[must_use]
+    pub fn read_keys(&self) -> Vec<String> {
+        let read = self.read.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        read.iter().cloned().collect()
     }
 
     fn mark(&self, key: &str) {
@@ -114,10 +177,58 @@ impl<'a> ConfigReader<'a> {
             .insert(key.to_string());
     }
 
+    /// Marks `key` read as `access` with `default` (`Some(true)` when the default given matches
+    /// the schema's, `Some(false)` when not, `None` when there is none to compare).
+    fn mark_as(&self, key: &str, access: Access, default: impl FnOnce(&str) -> bool) {
+        self.mark(key);
+        let Some((schema, role)) = self.schema else {
+            return;
+        };
+        let problem = match schema.key(role, key) {
+            None => Some(format!("`{key}` is read but not documented for {role} links")),
+            Some(entry) => {
+                let type_ok = match (access, entry.ty) {
+                    (Access::Secret, _) => entry.secrecy != Secrecy::Plain,
+                    (_, _) if entry.secrecy == Secrecy::Secret => false,
+                    (Access::Text, _) => true,
+                    (Access::Int, KeyType::Int { .. })
+                    | (Access::Bool, KeyType::Bool)
+                    | (Access::Duration, KeyType::Duration)
+                    | (Access::Size, KeyType::Size) => true,
+                    _ => false,
+                };
+                if !type_ok {
+                    Some(format!(
+                        "`{key}` is read as {access:?} but documented as {:?} ({:?})",
+                        entry.ty, entry.secrecy
+                    ))
+                } else if entry.default.is_some_and(|d| !default(d)) {
+                    Some(format!(
+                        "`{key}` is read with another default than the documented `{}`",
+                        entry.default.unwrap_or_default()
+                    ))
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(problem) = problem {
+            self.drift
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(problem);
+        }
+    }
+
     /// The raw value of `key`, trimmed, if present.
     #[must_use]
     pub fn str(&self, key: &str) -> Option<&'a str> {
-        self.mark(key);
+        self.mark_as(key, Access::Text, |_| true);
+        self.values.get(key).map(|v| v.trim())
+    }
+
+    fn value(&self, key: &str, access: Access, default: impl FnOnce(&str) -> bool) -> Option<&'a str> {
+        self.mark_as(key, access, default);
         self.values.get(key).map(|v| v.trim())
     }
 
@@ -149,7 +260,14 @@ impl<'a> ConfigReader<'a> {
 
     /// A count that must be at least 1, or `default` when absent.
     pub fn positive_or(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
-        match self.parse::<usize>(key, "a positive integer")? {
+        let value = self.value(key, Access::Int, |d| d.parse() == Ok(default));
+        let parsed = value
+            .map(|v| {
+                v.parse::<usize>()
+                    .map_err(|_| ConfigError::invalid(key, format!("expected a positive integer, got `{v}`")))
+            })
+            .transpose()?;
+        match parsed {
             Some(0) => Err(ConfigError::invalid(key, "expected a positive integer, got `0`")),
             Some(n) => Ok(n),
             None => Ok(default),
@@ -158,7 +276,8 @@ impl<'a> ConfigReader<'a> {
 
     /// `true`/`false` (also `yes`/`no`, `on`/`off`, `1`/`0`), or `default` when absent.
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
-        match self.str(key).map(str::to_ascii_lowercase).as_deref() {
+        let value = self.value(key, Access::Bool, |d| d == default.to_string());
+        match value.map(str::to_ascii_lowercase).as_deref() {
             None => Ok(default),
             Some("true" | "yes" | "on" | "1") => Ok(true),
             Some("false" | "no" | "off" | "0") => Ok(false),
@@ -171,7 +290,7 @@ impl<'a> ConfigReader<'a> {
 
     /// A duration such as `250ms`, `5s`, `2m` or `1h`, or `default` when absent.
     pub fn duration_or(&self, key: &str, default: Duration) -> Result<Duration, ConfigError> {
-        self.str(key)
+        self.value(key, Access::Duration, |d| parse_duration(d) == Ok(default))
             .map(|v| parse_duration(v).map_err(|reason| ConfigError::invalid(key, reason)))
             .transpose()
             .map(|d| d.unwrap_or(default))
@@ -179,7 +298,7 @@ impl<'a> ConfigReader<'a> {
 
     /// A size such as `512`, `64KiB`, `8MiB` or `1GB`, in bytes, or `default` when absent.
     pub fn size_or(&self, key: &str, default: u64) -> Result<u64, ConfigError> {
-        self.str(key)
+        self.value(key, Access::Size, |d| parse_size(d) == Ok(default))
             .map(|v| parse_size(v).map_err(|reason| ConfigError::invalid(key, reason)))
             .transpose()
             .map(|d| d.unwrap_or(default))
@@ -187,7 +306,7 @@ impl<'a> ConfigReader<'a> {
 
     /// The secret `key`, if the link carries it. A secret passed as plain config is refused.
     pub fn secret(&self, key: &str) -> Result<Option<Secret>, ConfigError> {
-        self.mark(key);
+        self.mark_as(key, Access::Secret, |_| true);
         if self.values.contains_key(key) {
             return Err(ConfigError::SecretInConfig { key: key.into() });
         }

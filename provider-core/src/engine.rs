@@ -44,6 +44,8 @@ pub struct Engine<S: SourceSide, K: SinkConnector> {
     leases: std::sync::OnceLock<crate::lease::Leases>,
     /// Open taps, fed where source batches are delivered and sink writes arrive.
     taps: Arc<Taps>,
+    /// The keys links may carry ([`Engine::with_schema`]); without one, unknown keys are warned about.
+    schema: Option<Arc<crate::schema::Schema>>,
 }
 
 /// A refused link and why.
@@ -161,7 +163,32 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             refused: Mutex::default(),
             leases: std::sync::OnceLock::new(),
             taps: Arc::default(),
+            schema: None,
         }
+    }
+
+    /// Checks every link's keys against `schema` before its config is parsed: a key the
+    /// provider does not know, or a secret given as plain config, refuses the link (naming the
+    /// key and the link); keys of the other role are warned about and ignored.
+    #[must_use]
+    pub fn with_schema(mut self, schema: crate::schema::Schema) -> Self {
+        self.schema = Some(Arc::new(schema));
+        self
+    }
+
+    /// Refuses a link whose keys the schema does not know; warns about keys of the other role.
+    fn check_keys(&self, role: Role, spec: &LinkSpec) -> Result<(), LinkError> {
+        let Some(schema) = &self.schema else {
+            return Ok(());
+        };
+        let ignored = schema
+            .check_link(role, &spec.config, &spec.secrets)
+            .map_err(|e| self.refuse(role, &spec.key, e.into()))?;
+        if !ignored.is_empty() {
+            let key = &spec.key;
+            warn!(%role, component = %key.component, link = %key.name, keys = ?ignored, "ignoring link config keys this role does not read");
+        }
+        Ok(())
     }
 
     /// From now on, a source link that must have one reader across the provider's instances
@@ -187,7 +214,11 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         err
     }
 
-    fn warn_unread(role: Role, key: &LinkKey, config: &ConfigReader<'_>) {
+    fn warn_unread(&self, role: Role, key: &LinkKey, config: &ConfigReader<'_>) {
+        if self.schema.is_some() {
+            // Checked against the schema before parsing.
+            return;
+        }
         let unread = config.unread_keys();
         if !unread.is_empty() {
             warn!(%role, component = %key.component, link = %key.name, keys = ?unread, "ignoring unknown link config keys");
@@ -214,6 +245,7 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         if !S::ENABLED {
             return Err(self.refuse(Role::Source, &key, LinkErrorReason::Unsupported(Role::Source)));
         }
+        self.check_keys(Role::Source, &spec)?;
         let reader_config = ConfigReader::new(&spec.config, &spec.secrets);
         let settings = RunnerSettings::from_config_or(&reader_config, &self.source.runner_defaults())
             .map_err(|e| self.refuse(Role::Source, &key, e.into()))?;
@@ -235,7 +267,7 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             )),
             None => None,
         };
-        Self::warn_unread(Role::Source, &key, &reader_config);
+        self.warn_unread(Role::Source, &key, &reader_config);
         let ingest = make_ingest().await.map_err(|e| {
             self.refuse(
                 Role::Source,
@@ -324,6 +356,7 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         if !K::ENABLED {
             return Err(self.refuse(Role::Sink, &key, LinkErrorReason::Unsupported(Role::Sink)));
         }
+        self.check_keys(Role::Sink, &spec)?;
         let reader_config = ConfigReader::new(&spec.config, &spec.secrets);
         let settings =
             SinkSettings::from_config(&reader_config).map_err(|e| self.refuse(Role::Sink, &key, e.into()))?;
@@ -338,7 +371,7 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             .sink
             .parse_config(&reader_config)
             .map_err(|e| self.refuse(Role::Sink, &key, e.into()))?;
-        Self::warn_unread(Role::Sink, &key, &reader_config);
+        self.warn_unread(Role::Sink, &key, &reader_config);
         let buffer = settings.buffer.clone();
         let link = Arc::new(SinkLink::new(settings));
         // A buffer directory is the link's alone (its lock says so): a buffered link, or one
@@ -963,6 +996,37 @@ mod tests {
             self.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         }
+    }
+
+    #[tokio::test]
+    async fn a_schema_refuses_unknown_keys_naming_key_and_link_before_parsing() {
+        use crate::schema::{Key, KeyType, Schema};
+        const KEYS: &[Key] = &[
+            Key::new("label", KeyType::String, "label").sink(),
+            Key::new("password", KeyType::String, "password").sink().secret(),
+            Key::new("ordered", KeyType::Bool, "ordered").source(),
+        ];
+        let engine = Engine::new(MemorySource::default(), MemorySink::default())
+            .with_schema(Schema::new("memory", "test", true, true).keys(KEYS));
+        let key = LinkKey::new("writer", "orders");
+        let put = |config: &[(&str, &str)]| engine.put_sink_link(LinkSpec::new(key.clone(), map(config)));
+        let err = put(&[("label", "a"), ("lable", "typo")]).await.unwrap_err().to_string();
+        assert!(
+            err.contains("unknown key `lable`") && err.contains("writer") && err.contains("orders"),
+            "{err}"
+        );
+        assert!(engine.status().refused.iter().any(|r| r.error.contains("`lable`")));
+        let err = put(&[("label", "a"), ("password", "hunter2")])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`password` is a secret") && !err.contains("hunter2"),
+            "{err}"
+        );
+        // A key of the other role is ignored, not refused.
+        put(&[("label", "a"), ("ordered", "true")]).await.unwrap();
+        assert!(engine.status().refused.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod otel_metrics;
 pub mod percent;
 pub mod request;
+pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod tap;

@@ -17,6 +17,7 @@ use wasmcloud_provider_sdk::{
 use crate::config::{ConfigReader, ProviderConfig, Secret};
 use crate::engine::Engine;
 use crate::link::{LinkKey, LinkSpec};
+use crate::schema::Schema;
 use crate::sink::SinkConnector;
 use crate::source::SourceSide;
 use crate::wire::{decode_batch, WireMessage};
@@ -41,9 +42,16 @@ pub fn tap_subject(lattice: &str, provider_key: &str) -> String {
 }
 
 /// Runs a provider made of `source` and `sink` (either may be [`crate::Unsupported`]) until the
-/// host shuts it down or it receives SIGTERM/SIGINT, then drains every link.
-pub async fn run<S: SourceSide, K: SinkConnector>(name: &'static str, source: S, sink: K) -> anyhow::Result<()> {
-    run_with_config(name, |_| Ok((source, sink))).await
+/// host shuts it down or it receives SIGTERM/SIGINT, then drains every link. Links are checked
+/// against `schema` ([`Engine::with_schema`]); started with `--schema`, the provider prints it as
+/// JSON Schema and exits.
+pub async fn run<S: SourceSide, K: SinkConnector>(
+    name: &'static str,
+    schema: Schema,
+    source: S,
+    sink: K,
+) -> anyhow::Result<()> {
+    run_with_config(name, schema, |_| Ok((source, sink))).await
 }
 
 /// Like [`run`], for a provider whose connectors are built from the provider's own config
@@ -51,12 +59,15 @@ pub async fn run<S: SourceSide, K: SinkConnector>(name: &'static str, source: S,
 /// runs once, inside the runtime, before any link arrives; its error (name the key) stops the
 /// provider, and the host reports it. Keys `build` did not read are warned about (`OTEL_*` keys
 /// belong to the SDK).
-pub async fn run_with_config<S, K, F>(name: &'static str, build: F) -> anyhow::Result<()>
+pub async fn run_with_config<S, K, F>(name: &'static str, schema: Schema, build: F) -> anyhow::Result<()>
 where
     S: SourceSide,
     K: SinkConnector,
     F: FnOnce(&ConfigReader<'_>) -> anyhow::Result<(S, K)>,
 {
+    if schema.print_if_asked() {
+        return Ok(());
+    }
     return_large_buffers_to_the_os();
     // Watch the host from the first instant: a provider whose host dies while it is still
     // connecting must end too, not only one that got as far as serving.
@@ -78,7 +89,7 @@ where
         warn!(keys = ?unread, "ignoring unknown provider config keys");
     }
     let provider = WasmcloudProvider {
-        engine: Arc::new(Engine::new(source, sink)),
+        engine: Arc::new(Engine::new(source, sink).with_schema(schema)),
         wrpc: Arc::default(),
     };
     // The SDK installed the global meter provider above when the host's `otel` settings enable

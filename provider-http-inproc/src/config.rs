@@ -7,7 +7,95 @@ use std::time::Duration;
 
 use hyper::header::HeaderName;
 use hyper::{Method, StatusCode};
+use sluice_provider_core::schema::{Key, KeyType};
 use sluice_provider_core::{ConfigError, ConfigReader, Secret};
+
+/// The keys of [`ServerConfig`]: the provider's own config (one listener for all links).
+pub const SERVER_KEYS: &[Key] = &[
+    Key::new("address", KeyType::String, "Where to listen").default("0.0.0.0:8080"),
+    Key::new(
+        "tls_cert_file",
+        KeyType::String,
+        "PEM certificate chain; with `tls_key_file` the listener speaks TLS only",
+    ),
+    Key::new("tls_key_file", KeyType::String, "PEM private key"),
+    Key::new("max_connections", KeyType::Int { min: 1 }, "Open connections at most").default("10000"),
+    Key::new("header_timeout", KeyType::Duration, "Time to send a request's headers").default("10s"),
+    Key::new(
+        "http_threads",
+        KeyType::Int { min: 1 },
+        "Worker threads serving connections (default: number of CPUs)",
+    ),
+    Key::new(
+        "shutdown_timeout",
+        KeyType::Duration,
+        "At shutdown, how long open connections may take",
+    )
+    .default("10s"),
+    Key::new(
+        "metrics_address",
+        KeyType::String,
+        "Where `GET /metrics` is served (default: nowhere)",
+    ),
+];
+
+/// The keys of [`RouteConfig`]: a link's route.
+pub const ROUTE_KEYS: &[Key] = &[
+    Key::new(
+        "path",
+        KeyType::String,
+        "The path prefix this link serves; must start with `/`",
+    )
+    .source()
+    .required(),
+    Key::new(
+        "nested_routes",
+        KeyType::List,
+        "Prefixes under `path` other links' routes may serve, or `*`",
+    )
+    .source(),
+    Key::new("host", KeyType::String, "Serve only requests whose `Host` is this name").source(),
+    Key::new("methods", KeyType::List, "Comma-separated methods, or `*` for any")
+        .source()
+        .default("POST,PUT"),
+    Key::new(
+        "token",
+        KeyType::String,
+        "Requests must carry `Authorization: Bearer <token>`",
+    )
+    .source()
+    .secret(),
+    Key::new("max_body", KeyType::Size, "Largest body accepted; larger is 413")
+        .source()
+        .default("1MiB"),
+    Key::new("body_timeout", KeyType::Duration, "Time to receive the body; then 408")
+        .source()
+        .default("10s"),
+    Key::new(
+        "request_timeout",
+        KeyType::Duration,
+        "How long a request may wait for the step; then 503",
+    )
+    .source()
+    .default("10s"),
+    Key::new("headers", KeyType::List, "Request headers copied into every record")
+        .source()
+        .default("content-type"),
+    Key::new(
+        "body",
+        KeyType::Enum(&["auto", "whole"]),
+        "`auto`: NDJSON by content type; `whole`: one record",
+    )
+    .source()
+    .default("auto"),
+    Key::new(
+        "success_status",
+        KeyType::Enum(&["200", "202"]),
+        "Status of an accepted request",
+    )
+    .source()
+    .default("200"),
+];
 
 /// Paths no route may claim: `/healthz`, answered by the listener on every host, and `/metrics`,
 /// served only on `metrics_address` (so that a scraper pointed at the listener gets a `404`,

@@ -118,3 +118,85 @@ impl RequestSource for HttpSource {
         self.server.shutdown().await;
     }
 }
+
+/// Every link config key of the provider (the engine's with this source's defaults, the
+/// route's) and its own config's keys.
+#[must_use]
+pub fn schema() -> sluice_provider_core::schema::Schema {
+    use sluice_provider_core::Role;
+    sluice_provider_core::schema::Schema::new(
+        "http-inproc",
+        "HTTP ingress source: each link a route; a request is answered once the step accepted its records",
+        true,
+        false,
+    )
+    .keys(config::ROUTE_KEYS)
+    .provider_keys(config::SERVER_KEYS)
+    .with_default(Role::Source, "max_in_flight", "32")
+    .with_default(Role::Source, "deliver_timeout", "2s")
+    .with_default(Role::Source, "retry_initial", "50ms")
+    .with_default(Role::Source, "retry_max", "1s")
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use std::collections::HashMap;
+
+    use sluice_provider_core::schema::{check_keys, parse_engine_keys_with, testing};
+    use sluice_provider_core::Role;
+
+    use super::*;
+
+    /// The defaults of [`HttpSource::runner_defaults`], without starting a listener.
+    fn runner_defaults() -> RunnerSettings {
+        let mut settings = RunnerSettings {
+            max_in_flight: 32,
+            deliver_timeout: std::time::Duration::from_secs(2),
+            ..RunnerSettings::default()
+        };
+        settings.backoff.initial = std::time::Duration::from_millis(50);
+        settings.backoff.max = std::time::Duration::from_secs(1);
+        settings
+    }
+
+    #[tokio::test]
+    async fn the_documented_defaults_are_the_sources() {
+        let config = ServerConfig::from_config(&ConfigReader::new(
+            &[("address".to_string(), "127.0.0.1:0".to_string())].into(),
+            &HashMap::new(),
+        ))
+        .unwrap();
+        let source = HttpSource::with_config(&config).unwrap();
+        assert_eq!(source.runner_defaults(), runner_defaults());
+        source.close().await;
+    }
+
+    #[test]
+    fn every_documented_source_key_parses() {
+        let config = [
+            ("path", Some("/orders")),
+            ("nested_routes", Some("/orders/eu")),
+            ("host", Some("ingest.example.com")),
+            ("methods", None),
+            ("token", Some("t")),
+            ("max_body", None),
+            ("body_timeout", None),
+            ("request_timeout", None),
+            ("headers", None),
+            ("body", None),
+            ("success_status", None),
+        ];
+        check_keys(&schema(), Role::Source, &[&config], |r| {
+            parse_engine_keys_with(Role::Source, r, &runner_defaults())?;
+            config::RouteConfig::from_config(r)
+        });
+    }
+
+    #[test]
+    fn schema_json_readme_and_refusals() {
+        let schema = schema();
+        testing::check_committed(&schema, env!("CARGO_MANIFEST_DIR"));
+        testing::check_readme(&schema, include_str!("../README.md"));
+        testing::check_refusals(&schema);
+    }
+}

@@ -6,10 +6,140 @@
 
 use std::time::Duration;
 
+use sluice_provider_core::schema::{Key, KeyType};
 use sluice_provider_core::{ConfigError, ConfigReader, LinkKey, RunnerSettings, Secret};
 
 /// The default server.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+/// The keys of the connection, the credentials and the stream, on source and sink links.
+pub const CONNECTION_KEYS: &[Key] = &[
+    Key::new(
+        "url",
+        KeyType::List,
+        "Server(s), `nats://host:port`, comma separated for several",
+    )
+    .default(DEFAULT_URL),
+    Key::new(
+        "subject_prefix",
+        KeyType::String,
+        "The pipeline's subjects: everything the link touches lives under it",
+    )
+    .required(),
+    Key::new(
+        "subject",
+        KeyType::String,
+        "Sink: publish subject; source: the consumer's filter; under the prefix",
+    )
+    .required(),
+    Key::new(
+        "stream",
+        KeyType::String,
+        "Stream name; must start with the prefix with `.` as `_`",
+    ),
+    Key::new("user", KeyType::String, "User name (with `password`)").secret(),
+    Key::new("password", KeyType::String, "Password (with `user`)").secret(),
+    Key::new("nkey_seed", KeyType::String, "NKey user seed (`SU...`)").secret(),
+    Key::new(
+        "creds",
+        KeyType::String,
+        "Contents of a `.creds` file (user JWT and NKey seed)",
+    )
+    .secret(),
+    Key::new(
+        "connect_timeout",
+        KeyType::Duration,
+        "How long connecting may take before the link is degraded",
+    )
+    .default("5s"),
+    Key::new(
+        "max_bytes",
+        KeyType::Size,
+        "Stream created with this size limit (default unlimited)",
+    ),
+    Key::new(
+        "max_age",
+        KeyType::Duration,
+        "Stream created with this message age limit (default unlimited)",
+    ),
+    Key::new(
+        "storage",
+        KeyType::Enum(&["file", "memory"]),
+        "Stream created on `file` or in `memory`",
+    )
+    .default("file"),
+    Key::new(
+        "replicas",
+        KeyType::Int { min: 1 },
+        "Stream created with this many replicas (1-5)",
+    )
+    .default("1"),
+    Key::new(
+        "max_record_size",
+        KeyType::Size,
+        "Stream created refusing messages larger than this",
+    ),
+    Key::new(
+        "dedup_window",
+        KeyType::Duration,
+        "Stream created remembering message ids this long",
+    )
+    .default("2m"),
+];
+
+/// The keys of [`SinkConfig`] beyond the connection's.
+pub const SINK_KEYS: &[Key] = &[
+    Key::new(
+        "dedup",
+        KeyType::Bool,
+        "`Nats-Msg-Id` from each record's origin, so a retried batch is stored once",
+    )
+    .sink()
+    .default("false"),
+    Key::new(
+        "publish_timeout",
+        KeyType::Duration,
+        "How long a batch waits for its PubAcks before answering retry",
+    )
+    .sink()
+    .default("10s"),
+];
+
+/// The keys of [`SourceConfig`] beyond the connection's.
+pub const SOURCE_KEYS: &[Key] = &[
+    Key::new(
+        "durable",
+        KeyType::String,
+        "Durable consumer name (default `sluice-<component>-<link>`)",
+    )
+    .source(),
+    Key::new(
+        "ack_wait",
+        KeyType::Duration,
+        "How long the server waits for an acknowledgement before redelivering",
+    )
+    .source()
+    .default("30s"),
+    Key::new(
+        "max_ack_pending",
+        KeyType::Int { min: 1 },
+        "Records handed out unacknowledged (default and most: max_in_flight x max_batch_records)",
+    )
+    .source(),
+    Key::new(
+        "dead_letter_subject",
+        KeyType::String,
+        "Where rejected records are published (under the prefix)",
+    )
+    .source(),
+    Key::new(
+        "ordered",
+        KeyType::Bool,
+        "Keep each subject's order through the pipeline",
+    )
+    .source()
+    .default("true"),
+];
 
 /// How a link logs in, from wasmCloud secrets only.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 async fn main() -> anyhow::Result<()> {
     sluice_provider_core::wasmcloud::run(
         "sluice-provider-jetstream",
+        sluice_provider_jetstream::schema(),
         sluice_provider_jetstream::JetStreamSource,
         sluice_provider_jetstream::JetStreamSink,
     )

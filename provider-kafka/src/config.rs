@@ -3,10 +3,109 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use sluice_provider_core::schema::{Key, KeyType};
 use sluice_provider_core::{ConfigError, ConfigReader, LinkKey, Secret};
 
 use crate::passthrough::PassThrough;
 use crate::routing::TopicPolicy;
+
+/// The keys of [`Connection`], on source and sink links.
+pub const CONNECTION_KEYS: &[Key] = &[
+    Key::new(
+        "bootstrap_servers",
+        KeyType::List,
+        "Brokers, `host:port[,host:port...]`",
+    )
+    .required(),
+    Key::new(
+        "security_protocol",
+        KeyType::Enum(&["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]),
+        "How to reach the brokers",
+    )
+    .default("plaintext"),
+    Key::new(
+        "sasl_mechanism",
+        KeyType::Enum(&["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
+        "SASL mechanism",
+    ),
+    Key::new("sasl_username", KeyType::String, "SASL user (config or secret)").plain_or_secret(),
+    Key::new("sasl_password", KeyType::String, "SASL password").secret(),
+    Key::new(
+        "tls_ca",
+        KeyType::String,
+        "PEM CA certificate(s) for `ssl` / `sasl_ssl`",
+    ),
+    Key::new(
+        "connect_timeout",
+        KeyType::Duration,
+        "How long the brokers may take to answer when a link is put",
+    )
+    .default("10s"),
+];
+
+/// The keys of [`SourceConfig`] beyond the connection's.
+pub const SOURCE_KEYS: &[Key] = &[
+    Key::new(
+        "topics",
+        KeyType::List,
+        "Comma-separated topics, or one regex starting with `^`",
+    )
+    .source()
+    .required(),
+    Key::new(
+        "group_id",
+        KeyType::String,
+        "Consumer group (default `sluice-<component>-<link>`)",
+    )
+    .source(),
+    Key::new(
+        "start",
+        KeyType::Enum(&["earliest", "latest"]),
+        "Where a group without a committed offset starts",
+    )
+    .source()
+    .default("earliest"),
+    Key::new(
+        "dead_letter_topic",
+        KeyType::String,
+        "Where rejected records are produced",
+    )
+    .source(),
+    Key::new(
+        "group_instance_id",
+        KeyType::String,
+        "Static group membership: a value unique per provider instance",
+    )
+    .source(),
+    Key::new(
+        "session_timeout",
+        KeyType::Duration,
+        "How long the group waits for a silent member",
+    )
+    .source()
+    .default("30s"),
+];
+
+/// The keys of [`SinkConfig`] beyond the connection's and the topic policy's.
+pub const SINK_KEYS: &[Key] = &[
+    Key::new("compression", KeyType::Enum(COMPRESSION), "Producer compression")
+        .sink()
+        .default("lz4"),
+    Key::new(
+        "delivery_timeout",
+        KeyType::Duration,
+        "How long librdkafka may retry one record",
+    )
+    .sink()
+    .default("30s"),
+    Key::new(
+        "producer_linger",
+        KeyType::Duration,
+        "Producer batching delay (`linger.ms`)",
+    )
+    .sink()
+    .default("5ms"),
+];
 
 /// Connection and security settings shared by source and sink links.
 #[derive(Debug, Clone)]

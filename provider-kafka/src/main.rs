@@ -4,6 +4,7 @@
 async fn main() -> anyhow::Result<()> {
     sluice_provider_core::wasmcloud::run(
         "sluice-provider-kafka",
+        sluice_provider_kafka::schema(),
         sluice_provider_kafka::KafkaSource,
         sluice_provider_kafka::KafkaSink,
     )

@@ -6,6 +6,7 @@
 //! prints and stores link config.
 
 use rdkafka::ClientConfig;
+use sluice_provider_core::schema::{Key, KeyType};
 use sluice_provider_core::{ConfigError, ConfigReader, Secret};
 
 /// The prefix of pass-through keys.
@@ -37,6 +38,16 @@ pub const SECRET_PROPERTIES: &[&str] = &[
     "ssl.key.pem",
     "ssl.keystore.password",
 ];
+
+/// The `kafka.<property>` family: librdkafka properties passed through (secret ones only as
+/// wasmCloud secrets).
+pub const KEYS: &[Key] = &[Key::new(
+    PREFIX,
+    KeyType::String,
+    "Any librdkafka property, passed through; secret properties only as wasmCloud secrets",
+)
+.plain_or_secret()
+.prefix()];
 
 /// Whether `property` holds a secret: listed in [`SECRET_PROPERTIES`], or named like one (so a
 /// property of a later librdkafka is refused as plain config too).

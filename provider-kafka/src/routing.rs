@@ -6,6 +6,7 @@
 //! any other topic is rejected. Without the opt-in, `kafka.topic` is an ordinary header.
 
 use bytes::Bytes;
+use sluice_provider_core::schema::{Key, KeyType};
 use sluice_provider_core::{ConfigError, ConfigReader};
 
 /// The record header that names a topic on links with `topic_from_header = true`.
@@ -39,6 +40,35 @@ impl AllowedTopics {
                 .is_some_and(|p| topic.len() > p.len() && topic.starts_with(p))
     }
 }
+
+/// The keys of [`TopicPolicy`], on sink links.
+pub const KEYS: &[Key] = &[
+    Key::new(
+        "topic",
+        KeyType::String,
+        "Topic to produce to; required unless `topic_from_header` is on",
+    )
+    .sink(),
+    Key::new(
+        "topic_from_header",
+        KeyType::Bool,
+        "Let a record's `kafka.topic` header choose its topic",
+    )
+    .sink()
+    .default("false"),
+    Key::new(
+        "allowed_topics",
+        KeyType::List,
+        "With `topic_from_header`: topics a header may name",
+    )
+    .sink(),
+    Key::new(
+        "topic_prefix",
+        KeyType::String,
+        "With `topic_from_header`: a header may name any topic with this prefix",
+    )
+    .sink(),
+];
 
 /// Where one record goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_provider_core::backoff::Backoff;
+use sluice_provider_core::schema::{Key, KeyType, Schema};
 use sluice_provider_core::{ConfigError, ConfigReader, ConnectorError, LinkKey, SinkConnector, SourceConnector};
 
 pub use map::{MapError, RegisterMap};
@@ -35,6 +36,56 @@ pub use source::{ModbusReader, RecordPer, SourceSettings};
 
 /// The link config key holding the register map.
 pub const REGISTER_MAP: &str = "register_map";
+
+/// The keys of a link: the register map on both roles, polling on sources.
+pub const KEYS: &[Key] = &[
+    Key::new(
+        REGISTER_MAP,
+        KeyType::String,
+        "The register map, JSON (text starting with `{`) or TOML",
+    )
+    .required(),
+    Key::new(
+        "record_per",
+        KeyType::Enum(&["device", "tag"]),
+        "One record per device poll, or per tag",
+    )
+    .source()
+    .default("device"),
+    Key::new(
+        "report_on_change",
+        KeyType::Bool,
+        "Send only tags whose value moved beyond their deadband",
+    )
+    .source()
+    .default("false"),
+    Key::new(
+        "reconnect_initial",
+        KeyType::Duration,
+        "First backoff between attempts to reach a device",
+    )
+    .source()
+    .default("500ms"),
+    Key::new(
+        "reconnect_max",
+        KeyType::Duration,
+        "Longest backoff between attempts to reach a device",
+    )
+    .source()
+    .default("30s"),
+];
+
+/// Every link config key of the provider: the engine's and the connector's.
+#[must_use]
+pub fn schema() -> Schema {
+    Schema::new(
+        "modbus",
+        "Modbus TCP source (polled register map) and guarded register sink",
+        true,
+        true,
+    )
+    .keys(KEYS)
+}
 
 fn register_map(config: &ConfigReader<'_>) -> Result<Arc<RegisterMap>, ConfigError> {
     let text = config.required_str(REGISTER_MAP)?;
@@ -183,5 +234,55 @@ mod tests {
             text.contains("`register_map`") && text.contains("tag `x`") && text.contains("field `type`"),
             "{text}"
         );
+    }
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use sluice_provider_core::schema::{check_keys, parse_engine_keys, testing};
+    use sluice_provider_core::Role;
+
+    use super::*;
+
+    const MAP: &str =
+        "[devices.d]\naddress = \"127.0.0.1:502\"\n[[tags]]\nname = \"t\"\ntable = \"coil\"\naddress = 0\n";
+
+    #[test]
+    fn every_documented_source_key_parses() {
+        let config = [
+            (REGISTER_MAP, Some(MAP)),
+            ("record_per", None),
+            ("report_on_change", None),
+            ("reconnect_initial", None),
+            ("reconnect_max", None),
+        ];
+        check_keys(&schema(), Role::Source, &[&config], |r| {
+            parse_engine_keys(Role::Source, r)?;
+            ModbusSource.parse_config(r)
+        });
+    }
+
+    #[test]
+    fn every_documented_sink_key_parses() {
+        let config = [
+            (REGISTER_MAP, Some(MAP)),
+            ("buffer", Some("disk")),
+            ("buffer_dir", Some("/tmp/b")),
+            ("buffer_max_bytes", None),
+            ("buffer_max_age", None),
+            ("buffer_full", None),
+        ];
+        check_keys(&schema(), Role::Sink, &[&config], |r| {
+            parse_engine_keys(Role::Sink, r)?;
+            ModbusSink.parse_config(r)
+        });
+    }
+
+    #[test]
+    fn schema_json_readme_and_refusals() {
+        let schema = schema();
+        testing::check_committed(&schema, env!("CARGO_MANIFEST_DIR"));
+        testing::check_readme(&schema, include_str!("../README.md"));
+        testing::check_refusals(&schema);
     }
 }

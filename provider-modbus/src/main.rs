@@ -4,6 +4,7 @@
 async fn main() -> anyhow::Result<()> {
     sluice_provider_core::wasmcloud::run(
         "sluice-provider-modbus",
+        sluice_provider_modbus::schema(),
         sluice_provider_modbus::ModbusSource,
         sluice_provider_modbus::ModbusSink,
     )

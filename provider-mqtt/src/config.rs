@@ -2,9 +2,109 @@
 
 use std::time::Duration;
 
+use sluice_provider_core::schema::{Key, KeyType};
 use sluice_provider_core::{ConfigError, ConfigReader, LinkKey, RunnerSettings, Secret};
 
 use crate::topic_template::TopicTemplate;
+
+/// The keys of [`Connection`] and the QoS, on source and sink links.
+pub const CONNECTION_KEYS: &[Key] = &[
+    Key::new(
+        "url",
+        KeyType::String,
+        "Broker, `mqtt://host[:port]` or `mqtts://host[:port]`",
+    )
+    .required(),
+    Key::new(
+        "protocol",
+        KeyType::Enum(&["5", "3.1.1", "5.0", "v5", "4", "v4", "v3.1.1"]),
+        "MQTT version",
+    )
+    .default("5"),
+    Key::new(
+        "client_id",
+        KeyType::String,
+        "MQTT client id (default: stable per component and link)",
+    ),
+    Key::new("keep_alive", KeyType::Duration, "Keep-alive interval").default("30s"),
+    Key::new(
+        "connect_timeout",
+        KeyType::Duration,
+        "How long the first connection may take before the link is refused",
+    )
+    .default("10s"),
+    Key::new("username", KeyType::String, "User name (config or secret)").plain_or_secret(),
+    Key::new("password", KeyType::String, "Password").secret(),
+    Key::new(
+        "tls_ca",
+        KeyType::String,
+        "PEM CA certificate(s) trusted for `mqtts://`",
+    ),
+    Key::new("tls_client_cert", KeyType::String, "PEM client certificate"),
+    Key::new("tls_client_key", KeyType::String, "PEM client private key").secret(),
+    Key::new("qos", KeyType::Enum(&["0", "1", "2"]), "Subscription / publish QoS").default("1"),
+];
+
+/// The keys of [`SourceConfig`] beyond the connection's.
+pub const SOURCE_KEYS: &[Key] = &[
+    Key::new(
+        "topics",
+        KeyType::List,
+        "Comma-separated topic filters, wildcards allowed",
+    )
+    .source()
+    .required(),
+    Key::new(
+        "dead_letter_topic",
+        KeyType::String,
+        "Where rejected records are published (QoS 1)",
+    )
+    .source(),
+    Key::new(
+        "session_expiry",
+        KeyType::Duration,
+        "MQTT 5 session expiry while the provider is away",
+    )
+    .source()
+    .default("1h"),
+    Key::new(
+        "receive_maximum",
+        KeyType::Int { min: 1 },
+        "MQTT 5 receive maximum (default: max_in_flight x max_batch_records)",
+    )
+    .source(),
+    Key::new(
+        "max_buffered",
+        KeyType::Int { min: 1 },
+        "QoS 0 messages buffered ahead of the pipeline",
+    )
+    .source()
+    .default("10000"),
+    Key::new("ordered", KeyType::Bool, "Keep each topic's order through the pipeline")
+        .source()
+        .default("true"),
+];
+
+/// The keys of [`SinkConfig`] beyond the connection's.
+pub const SINK_KEYS: &[Key] = &[
+    Key::new(
+        "topic",
+        KeyType::String,
+        "Publish topic, fixed or a template with `{key}` and `{header:NAME}`",
+    )
+    .sink()
+    .required(),
+    Key::new("retain", KeyType::Bool, "Publish with the retain flag")
+        .sink()
+        .default("false"),
+    Key::new(
+        "publish_timeout",
+        KeyType::Duration,
+        "How long a batch waits for the broker's acknowledgements",
+    )
+    .sink()
+    .default("30s"),
+];
 
 /// MQTT protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 async fn main() -> anyhow::Result<()> {
     sluice_provider_core::wasmcloud::run(
         "sluice-provider-mqtt",
+        sluice_provider_mqtt::schema(),
         sluice_provider_mqtt::MqttSource,
         sluice_provider_mqtt::MqttSink,
     )

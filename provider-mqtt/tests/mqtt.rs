@@ -372,6 +372,12 @@ async fn tls_and_passwords_work_and_bad_links_are_refused_by_name() {
             "topics",
             vec![("url", s.mqtt.url()), ("topics", "".into())],
         ),
+        // A key the provider does not know (its schema): refused before anything is opened.
+        (
+            "step-typo",
+            "tpoics",
+            vec![("url", s.mqtt.url()), ("topics", "a".into()), ("tpoics", "b".into())],
+        ),
     ] {
         let config: Vec<(&str, &str)> = config.iter().map(|(k, v)| (*k, v.as_str())).collect();
         s.provider
@@ -380,7 +386,10 @@ async fn tls_and_passwords_work_and_bad_links_are_refused_by_name() {
             .unwrap();
         let status = s.provider.status().await.unwrap();
         let refused = status.refusal(id).expect("refused");
-        assert!(refused.contains(&format!("`{key}`")), "{refused}");
+        assert!(
+            refused.contains(&format!("`{key}`")) && refused.contains(id),
+            "{refused}"
+        );
     }
     let status = s.provider.status().await.unwrap();
     let wrong = status.refusal("step-wrong").expect("wrong password refused");

@@ -8,6 +8,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use sluice_provider_core::schema::{Key, KeyType};
 use sluice_provider_core::{ConfigError, ConfigReader, ConnectorError, Secret};
 
 /// Where and as whom a link talks to S3. Read from the link config and secrets.
@@ -186,6 +187,40 @@ pub async fn check_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<(
         .map(|_| ())
         .map_err(|e| S3Error::new("ListObjectsV2", bucket, e))
 }
+
+/// The keys of [`ClientConfig`], on source and sink links.
+pub const KEYS: &[Key] = &[
+    Key::new("bucket", KeyType::String, "The bucket").required(),
+    Key::new(
+        "endpoint",
+        KeyType::String,
+        "`http://` or `https://` URL of an S3-compatible server (default AWS)",
+    ),
+    Key::new("region", KeyType::String, "Signing region").default("us-east-1"),
+    Key::new(
+        "path_style",
+        KeyType::Bool,
+        "Path-style addressing (default: `true` with `endpoint`, else `false`)",
+    ),
+    Key::new(
+        "timeout",
+        KeyType::Duration,
+        "Deadline of one S3 operation, retries included",
+    )
+    .default("60s"),
+    Key::new("access_key_id", KeyType::String, "Access key id")
+        .secret()
+        .required(),
+    Key::new("secret_access_key", KeyType::String, "Secret access key")
+        .secret()
+        .required(),
+    Key::new(
+        "session_token",
+        KeyType::String,
+        "Session token, for temporary credentials",
+    )
+    .secret(),
+];
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 
 use base64::Engine as _;
+use sluice_provider_core::schema::{Key, KeyType};
 use sluice_provider_core::{ConfigError, ConfigReader, Message};
 
 /// How payloads (and keys and header values) appear in `jsonl` lines.
@@ -219,6 +220,37 @@ impl Encoder {
         result.expect("finishing in memory cannot fail")
     }
 }
+
+/// The keys of [`Format`] and [`Compression`], on sink links.
+pub const KEYS: &[Key] = &[
+    Key::new(
+        "format",
+        KeyType::Enum(&["jsonl", "raw"]),
+        "`jsonl`: one JSON object per record; `raw`: the payload and a line end",
+    )
+    .sink()
+    .default("jsonl"),
+    Key::new(
+        "payload_encoding",
+        KeyType::Enum(&["base64", "utf8"]),
+        "`jsonl` only: how payloads are written",
+    )
+    .sink()
+    .default("base64"),
+    Key::new(
+        "compression",
+        KeyType::Enum(&["none", "gzip", "zstd"]),
+        "Object compression (one stream per object)",
+    )
+    .sink()
+    .default("none"),
+    Key::new(
+        "compression_level",
+        KeyType::Int { min: 0 },
+        "0-9 (gzip, default 6) / 1-19 (zstd, default 3)",
+    )
+    .sink(),
+];
 
 #[cfg(test)]
 mod tests {

@@ -102,3 +102,108 @@ impl SinkConnector for S3Sink {
         S3Writer::new(client, config, template, link.clone()).map_err(ConnectorError::new)
     }
 }
+
+/// Every link config key of the provider: the engine's, the client's, each role's.
+#[must_use]
+pub fn schema() -> sluice_provider_core::schema::Schema {
+    sluice_provider_core::schema::Schema::new(
+        "s3",
+        "S3 source (objects under a prefix, checkpointed) and sink (rolled objects from a local spool)",
+        true,
+        true,
+    )
+    .keys(client::KEYS)
+    .keys(source::KEYS)
+    .keys(format::KEYS)
+    .keys(sink::KEYS)
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use sluice_provider_core::schema::{check_keys, parse_engine_keys, testing};
+    use sluice_provider_core::Role;
+
+    use super::*;
+
+    type Pairs = Vec<(&'static str, Option<&'static str>)>;
+
+    fn with(extra: &[(&'static str, Option<&'static str>)]) -> Pairs {
+        [
+            ("bucket", Some("b")),
+            ("endpoint", Some("http://127.0.0.1:8333")),
+            ("region", None),
+            ("path_style", None),
+            ("timeout", None),
+            ("access_key_id", Some("id")),
+            ("secret_access_key", Some("key")),
+            ("session_token", Some("t")),
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect()
+    }
+
+    #[test]
+    fn every_documented_source_key_parses() {
+        let keep = with(&[
+            ("prefix", Some("in/")),
+            ("poll_interval", None),
+            ("split", None),
+            ("max_object_size", None),
+            ("max_record_size", None),
+            ("after_done", None),
+            ("checkpoint_key", Some("cp.json")),
+            ("checkpoint_file", Some("/tmp/cp.json")),
+            ("read_ahead", None),
+        ]);
+        let moved = with(&[
+            ("prefix", Some("in/")),
+            ("after_done", Some("move")),
+            ("move_prefix", Some("done/")),
+        ]);
+        check_keys(&schema(), Role::Source, &[&keep, &moved], |r| {
+            parse_engine_keys(Role::Source, r)?;
+            source::SourceConfig::from_config(r)
+        });
+    }
+
+    #[test]
+    fn every_documented_sink_key_parses() {
+        let config = with(&[
+            ("format", None),
+            ("payload_encoding", None),
+            ("compression", Some("gzip")),
+            ("compression_level", Some("6")),
+            ("key_template", Some("{date}/{unique}.jsonl")),
+            ("time_source", None),
+            ("part_size", None),
+            ("max_object_bytes", None),
+            ("max_object_records", Some("1000")),
+            ("max_object_age", None),
+            ("max_open_objects", None),
+            ("spool", None),
+            ("spool_dir", Some("/tmp/spool")),
+            ("spool_max_bytes", None),
+            ("drain_timeout", None),
+            ("abort_incomplete_after", None),
+            ("buffer", Some("disk")),
+            ("buffer_dir", Some("/tmp/b")),
+            ("buffer_max_bytes", None),
+            ("buffer_max_age", None),
+            ("buffer_full", None),
+        ]);
+        check_keys(&schema(), Role::Sink, &[&config], |r| {
+            parse_engine_keys(Role::Sink, r)?;
+            sink::SinkConfig::from_config(r)
+        });
+    }
+
+    #[test]
+    fn schema_json_readme_and_refusals() {
+        let schema = schema();
+        testing::check_committed(&schema, env!("CARGO_MANIFEST_DIR"));
+        testing::check_readme(&schema, include_str!("../README.md"));
+        testing::check_refusals(&schema);
+    }
+}

@@ -4,6 +4,7 @@
 async fn main() -> anyhow::Result<()> {
     sluice_provider_core::wasmcloud::run(
         "sluice-provider-s3",
+        sluice_provider_s3::schema(),
         sluice_provider_s3::S3Source,
         sluice_provider_s3::S3Sink,
     )

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use sluice_provider_core::schema::{Key, KeyType};
 use sluice_provider_core::time::unix_ms;
 use sluice_provider_core::{ConfigError, ConfigReader, ConnectorError, Failure, LinkKey, Message, Rejected};
 use tokio::sync::{mpsc, watch, Mutex};
@@ -825,6 +826,87 @@ impl Drop for S3Writer {
         }
     }
 }
+
+/// The keys of [`SinkConfig`] beyond the client's and the format's.
+pub const KEYS: &[Key] = &[
+    Key::new(
+        "key_template",
+        KeyType::String,
+        "Object keys, with fields such as `{date}` and `{unique}`",
+    )
+    .sink(),
+    Key::new(
+        "time_source",
+        KeyType::Enum(&["record", "arrival"]),
+        "Where `{date}`/`{hour}` come from",
+    )
+    .sink()
+    .default("record"),
+    Key::new("part_size", KeyType::Size, "Multipart part size, at least 5MiB")
+        .sink()
+        .default("8MiB"),
+    Key::new(
+        "max_object_bytes",
+        KeyType::Size,
+        "Roll once an object holds this many bytes",
+    )
+    .sink()
+    .default("1GiB"),
+    Key::new(
+        "max_object_records",
+        KeyType::Int { min: 0 },
+        "Roll after this many records (default unlimited)",
+    )
+    .sink(),
+    Key::new(
+        "max_object_age",
+        KeyType::Duration,
+        "Roll this long after an object's first record",
+    )
+    .sink()
+    .default("5s"),
+    Key::new(
+        "max_open_objects",
+        KeyType::Int { min: 1 },
+        "Open partitions; one more completes the oldest",
+    )
+    .sink()
+    .default("8"),
+    Key::new(
+        "spool",
+        KeyType::Bool,
+        "A write succeeds once fsynced in the link's local spool",
+    )
+    .sink()
+    .default("true"),
+    Key::new(
+        "spool_dir",
+        KeyType::String,
+        "Where spools live (one directory per component and link)",
+    )
+    .sink(),
+    Key::new(
+        "spool_max_bytes",
+        KeyType::Size,
+        "Writes answer retry while the spool holds this much",
+    )
+    .sink()
+    .default("1GiB"),
+    Key::new(
+        "drain_timeout",
+        KeyType::Duration,
+        "On link delete or shutdown, how long uploading the spool may take",
+    )
+    .sink()
+    .default("30s"),
+    Key::new(
+        "abort_incomplete_after",
+        KeyType::String,
+        "At link start, abort this link's multipart uploads started this long before (a duration, or `never`)",
+    )
+    .sink()
+    .default("1h"),
+];
 
 #[cfg(test)]
 mod tests {

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sluice_provider_core::schema::{Key, KeyType};
 use sluice_provider_core::{ConfigError, ConfigReader, ConnectorError, LinkKey, Message, Record};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -682,3 +683,59 @@ impl Scanner {
         let _ = self.tx.send(record).await;
     }
 }
+
+/// The keys of [`SourceConfig`] beyond the client's.
+pub const KEYS: &[Key] = &[
+    Key::new(
+        "prefix",
+        KeyType::String,
+        "Keys to read, in listing order (default the whole bucket)",
+    )
+    .source(),
+    Key::new(
+        "poll_interval",
+        KeyType::Duration,
+        "Pause between listings once everything listed was read",
+    )
+    .source()
+    .default("5s"),
+    Key::new(
+        "split",
+        KeyType::Enum(&["lines", "jsonl", "object"]),
+        "One record per line, per JSON line, or per object",
+    )
+    .source()
+    .default("lines"),
+    Key::new(
+        "max_object_size",
+        KeyType::Size,
+        "`split = object`: larger objects are skipped",
+    )
+    .source()
+    .default("16MiB"),
+    Key::new(
+        "max_record_size",
+        KeyType::Size,
+        "`split = lines`/`jsonl`: longer lines are dropped",
+    )
+    .source()
+    .default("1MiB"),
+    Key::new(
+        "after_done",
+        KeyType::Enum(&["keep", "delete", "move"]),
+        "What happens to an object once read",
+    )
+    .source()
+    .default("keep"),
+    Key::new(
+        "move_prefix",
+        KeyType::String,
+        "With `after_done = move`: where objects go",
+    )
+    .source(),
+    Key::new("checkpoint_key", KeyType::String, "Checkpoint object in the bucket").source(),
+    Key::new("checkpoint_file", KeyType::String, "A local checkpoint file instead").source(),
+    Key::new("read_ahead", KeyType::Int { min: 1 }, "Records read ahead of delivery")
+        .source()
+        .default("1024"),
+];

@@ -662,7 +662,15 @@ impl DagSpec {
                 ));
             }
         }
-        Ok(())
+        // Every hop link gets this config at both ends.
+        crate::schemas::check_endpoint_config(
+            "hops",
+            HOP_PROVIDER,
+            &["source", "sink"],
+            &self.hops.config,
+            &self.hops.secrets,
+            &BTreeMap::new(),
+        )
     }
 
     /// One provider per kind serves every link of that kind in the pipeline (a wasmCloud 1.x host
