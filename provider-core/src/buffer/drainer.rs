@@ -101,7 +101,17 @@ pub(crate) async fn run<W: SinkWriter>(link: Arc<SinkLink<W>>, buffer: Arc<DiskB
                 if stop.deadline().is_some() {
                     break;
                 }
-                let _ = stop.bounded(appended).await;
+                if !buffer.drained_unsynced() {
+                    let _ = stop.bounded(appended).await;
+                } else if let Some(Err(_)) = stop
+                    .bounded(tokio::time::timeout(buffer.sync_every().interval, appended))
+                    .await
+                {
+                    // Idle for a while: make what was drained durable now, not at the next group.
+                    if let Err(err) = blocking(&buffer, DiskBuffer::sync_drained).await {
+                        error!(component = %key.component, link = %key.name, error = %err, "writing the drained position failed");
+                    }
+                }
             }
             Err(BufferError::Closed) => break,
             Err(err) => {

@@ -11,15 +11,18 @@
 //! - segment files `{n:020}.seg`, each a run of frames (`len | crc32 | body`, the body being the append time and the
 //!   [encoded](crate::codec) batch); a new
 //!   segment starts when the current one reaches its size, and when the log is opened;
-//! - `drained`, the position of the oldest record not yet drained, replaced atomically;
+//! - `drained`, the position of the oldest record not yet drained, replaced atomically; it is
+//!   written once per group of drained batches ([`SyncDrained`]: 64 batches or 100 ms, and
+//!   when the drainer goes idle or the link closes), not once per batch;
 //! - `lock`, held (`flock`) while the log is open, so two processes never share a log.
 //!
 //! # Guarantees
 //! - **kill -9 / power loss**: every batch whose append returned is replayed after a restart,
 //!   in order. On open, a torn tail (a frame cut short, or a last frame whose checksum fails) is
 //!   cut off; a frame in the middle whose checksum fails is skipped and logged (its records are
-//!   lost: bit rot, not a crash, makes such a frame). Batches drained just before the crash may be written to the sink again
-//!   (at-least-once).
+//!   lost: bit rot, not a crash, makes such a frame). The batches drained since the drained
+//!   position was last written (at most one group: [`SyncDrained`]) are written to the sink
+//!   again (at-least-once).
 //! - **disk loss**: nothing in the buffer survives the loss of the disk it is on.
 //! - **full**: with [`FullPolicy::Block`] an append that does not fit is refused (the sink answers
 //!   `retry`, pushing back to the source as without a buffer); with [`FullPolicy::DropOldest`]
@@ -72,6 +75,30 @@ pub struct BufferOptions {
     /// The size at which a new segment file starts (not a link key: an eighth of `max_bytes`,
     /// at least 4 KiB and at most 64 MiB).
     pub segment_bytes: u64,
+    /// How often the drained position is made durable (not a link key).
+    pub sync_drained: SyncDrained,
+}
+
+/// When the drained position is written (and fsynced): once `batches` batches were drained since
+/// it was last written, or `interval` after that, whichever comes first; and when the drainer
+/// finds nothing more to drain for `interval`, and when the log is closed. After a kill -9 the
+/// batches drained since the last write are drained again: at most one group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncDrained {
+    /// Most batches drained between two writes (at least 1).
+    pub batches: usize,
+    /// Longest time between a drained batch and the write that covers it.
+    pub interval: Duration,
+}
+
+impl Default for SyncDrained {
+    /// 64 batches or 100 ms.
+    fn default() -> Self {
+        Self {
+            batches: 64,
+            interval: Duration::from_millis(100),
+        }
+    }
 }
 
 /// The default `buffer_max_bytes`: 1 GiB.
@@ -87,6 +114,7 @@ impl BufferOptions {
             max_age: None,
             full: FullPolicy::Block,
             segment_bytes: (max_bytes / 8).clamp(4 << 10, 64 << 20),
+            sync_drained: SyncDrained::default(),
         }
     }
 
@@ -217,6 +245,7 @@ pub struct Recovered {
 #[derive(Debug)]
 pub struct DiskBuffer {
     dir: PathBuf,
+    sync_every: SyncDrained,
     log: Mutex<Option<Log>>,
     appended: Notify,
     freed: Notify,
@@ -239,6 +268,7 @@ impl DiskBuffer {
         Ok((
             Self {
                 dir,
+                sync_every: options.sync_drained,
                 log: Mutex::new(Some(log)),
                 appended: Notify::new(),
                 freed: Notify::new(),
@@ -281,8 +311,9 @@ impl DiskBuffer {
         result
     }
 
-    /// Marks every batch up to and including the one at `position` drained, durably; deletes
-    /// segments left with nothing to drain.
+    /// Marks every batch up to and including the one at `position` drained and deletes
+    /// segments left with nothing to drain. The drained position is written once per group
+    /// ([`SyncDrained`]); [`sync_drained`](Self::sync_drained) writes it at once.
     ///
     /// # Errors
     /// When the drained position cannot be written.
@@ -292,21 +323,45 @@ impl DiskBuffer {
         result
     }
 
+    /// Writes the drained position if batches were drained since it was last written.
+    ///
+    /// # Errors
+    /// When it cannot be written.
+    pub fn sync_drained(&self) -> Result<(), BufferError> {
+        self.with_log(Log::sync_drained)
+    }
+
+    /// Whether batches were drained since the drained position was last written.
+    #[must_use]
+    pub fn drained_unsynced(&self) -> bool {
+        self.with_log(|log| Ok(log.drained_unsynced())).unwrap_or(false)
+    }
+
+    /// How often the drained position is written.
+    #[must_use]
+    pub fn sync_every(&self) -> SyncDrained {
+        self.sync_every
+    }
+
     /// Whether nothing is left to drain.
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.with_log(|log| Ok(log.is_empty())).unwrap_or(true)
     }
 
-    /// Closes the log: later calls fail with [`BufferError::Closed`], and its lock is released
-    /// so that the link can open it again.
+    /// Closes the log, writing the drained position first: later calls fail with
+    /// [`BufferError::Closed`], and its lock is released so that the link can open it again.
     pub fn close(&self) {
-        drop(
-            self.log
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take(),
-        );
+        let log = self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(mut log) = log {
+            if let Err(err) = log.sync_drained() {
+                tracing::error!(dir = %self.dir.display(), error = %err, "writing the drained position at close failed: the batches drained since it was last written will be drained again");
+            }
+        }
         self.freed.notify_waiters();
         self.appended.notify_waiters();
     }
