@@ -1,5 +1,6 @@
 //! A durable local buffer for a sink link (`buffer = "disk"`): an append-only log of batches on
-//! local disk, drained in order into the real sink by a background task.
+//! local disk, drained in order into the real sink by a background task. The same buffer serves
+//! a source link (see [`source`]): there it sits between the source and the step.
 //!
 //! A `sink.write` is answered success once its batch is in the log and fsynced; the drainer then
 //! writes the batches, oldest first, to the connector's [`SinkWriter`](crate::SinkWriter),
@@ -36,6 +37,7 @@ pub(crate) mod drainer;
 mod frame;
 mod log;
 mod segment;
+pub mod source;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
