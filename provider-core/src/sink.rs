@@ -280,6 +280,11 @@ impl<W: SinkWriter> drainer::Target for SinkLink<W> {
         self.writer.get().is_some()
     }
 
+    /// A runner's default batch: 512 records, 1 MiB.
+    fn limits(&self) -> (usize, u64) {
+        (512, 1 << 20)
+    }
+
     async fn write(&self, batch: Vec<Message>) -> Result<(), Failure> {
         let Some(writer) = self.writer.get() else {
             return Err(Failure::Retry("sink not connected".into()));

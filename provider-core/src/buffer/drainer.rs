@@ -28,6 +28,10 @@ pub(crate) trait Target: Send + Sync + 'static {
     /// Whether it can take batches now (a degraded sink link has no writer yet).
     fn ready(&self) -> bool;
 
+    /// The most records and bytes one write may take: the drainer joins consecutive buffered
+    /// batches up to these.
+    fn limits(&self) -> (usize, u64);
+
     /// Writes one batch, counting the outcome in the link's own counters (`written`,
     /// `delivered`, ...); `Err(Failure::Retry)` also when it is not ready.
     fn write(&self, batch: Vec<Message>) -> impl Future<Output = Result<(), Failure>> + Send;
@@ -108,7 +112,8 @@ pub(crate) async fn run<T: Target>(
         let appended = buffer.appended().notified();
         tokio::pin!(appended);
         appended.as_mut().enable();
-        match blocking(&buffer, DiskBuffer::oldest).await {
+        let (max_records, max_bytes) = target.limits();
+        match blocking(&buffer, move |b| b.oldest_run(max_records, max_bytes)).await {
             Ok(Some(pending)) => {
                 if !deliver(&metrics, &*target, &buffer, &key, pending, &mut stop).await {
                     break;

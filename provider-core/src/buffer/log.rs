@@ -224,6 +224,35 @@ impl Log {
         Ok(None)
     }
 
+    /// The oldest batch not yet drained together with the batches after it, as long as
+    /// `fits(records so far, next batch)` holds: one write for a run of small batches. The
+    /// position is the last batch's.
+    pub(crate) fn oldest_run(
+        &mut self,
+        now_ms: u64,
+        fits: &dyn Fn(&[crate::Message], &[crate::Message]) -> bool,
+    ) -> Result<Option<Pending>, BufferError> {
+        let Some(mut run) = self.oldest(now_ms)? else {
+            return Ok(None);
+        };
+        let next: Vec<Entry> = self
+            .entries
+            .iter()
+            .skip_while(|e| e.position <= run.position)
+            .copied()
+            .collect();
+        for entry in next {
+            match self.read(entry)? {
+                Some(batch) if fits(&run.batch, &batch) => {
+                    run.batch.extend(batch);
+                    run.position = entry.position;
+                }
+                _ => break,
+            }
+        }
+        Ok(Some(run))
+    }
+
     pub(crate) fn drained(&mut self, position: Position) -> Result<(), BufferError> {
         let mut records = 0;
         let mut batches = 0;

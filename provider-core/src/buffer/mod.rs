@@ -313,6 +313,22 @@ impl DiskBuffer {
         result
     }
 
+    /// The oldest batch not yet drained, joined with the batches after it while the run stays
+    /// within `max_records` records and `max_bytes` bytes (as a `deliver` call counts them); a
+    /// single batch larger than that still comes alone.
+    ///
+    /// # Errors
+    /// When reading fails.
+    pub fn oldest_run(&self, max_records: usize, max_bytes: u64) -> Result<Option<Pending>, BufferError> {
+        let size = |batch: &[Message]| batch.iter().map(crate::source::encoded_len).sum::<u64>();
+        let fits = |run: &[Message], next: &[Message]| {
+            run.len() + next.len() <= max_records && size(run) + size(next) <= max_bytes
+        };
+        let result = self.with_log(|log| log.oldest_run(now_ms(), &fits));
+        self.freed.notify_waiters();
+        result
+    }
+
     /// Marks every batch up to and including the one at `position` drained and deletes
     /// segments left with nothing to drain. The drained position is written once per group
     /// ([`SyncDrained`]); [`sync_drained`](Self::sync_drained) writes it at once.

@@ -70,12 +70,20 @@ impl Ingest for BufferedIngest {
 struct Step<I> {
     ingest: Arc<I>,
     deliver_timeout: Duration,
+    /// `max_batch_records` and `max_batch_bytes` (within the transport's limit): buffered
+    /// batches are joined up to these.
+    max_batch_records: usize,
+    max_batch_bytes: u64,
     metrics: Arc<LinkMetrics>,
 }
 
 impl<I: Ingest> Target for Step<I> {
     fn ready(&self) -> bool {
         true
+    }
+
+    fn limits(&self) -> (usize, u64) {
+        (self.max_batch_records, self.max_batch_bytes)
     }
 
     async fn write(&self, batch: Vec<Message>) -> Result<(), Failure> {
@@ -131,6 +139,8 @@ impl SourceBuffer {
         let step = Step {
             ingest,
             deliver_timeout: settings.deliver_timeout,
+            max_batch_records: settings.max_batch_records,
+            max_batch_bytes: settings.max_batch_bytes.min(max_batch_bytes.unwrap_or(u64::MAX)),
             metrics: Arc::clone(&metrics),
         };
         let drainer = tokio::spawn(drainer::run(

@@ -443,3 +443,31 @@ fn link_keys_read_from_config() {
         assert_eq!(err.key(), key);
     }
 }
+
+#[test]
+fn a_run_joins_consecutive_batches_within_the_limits_and_drains_them_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (buffer, _, metrics) = open(dir.path(), &options(dir.path()));
+    for i in 0..5 {
+        buffer.append(&batch(&format!("j{i}"), 3)).unwrap();
+    }
+    let run = buffer.oldest_run(7, u64::MAX).unwrap().unwrap();
+    assert_eq!(
+        run.batch,
+        [batch("j0", 3), batch("j1", 3)].concat(),
+        "two batches fit 7 records"
+    );
+    buffer.drained(run.position).unwrap();
+    assert_eq!(metrics.snapshot().buffered_records, 9);
+    // A batch larger than the limit still comes alone; the byte limit counts too.
+    assert_eq!(buffer.oldest_run(1, u64::MAX).unwrap().unwrap().batch, batch("j2", 3));
+    let one = batch("j2", 3).iter().map(crate::source::encoded_len).sum::<u64>();
+    assert_eq!(
+        buffer.oldest_run(100, one * 2 - 1).unwrap().unwrap().batch,
+        batch("j2", 3)
+    );
+    let rest = buffer.oldest_run(100, u64::MAX).unwrap().unwrap();
+    assert_eq!(rest.batch, [batch("j2", 3), batch("j3", 3), batch("j4", 3)].concat());
+    buffer.drained(rest.position).unwrap();
+    assert!(buffer.is_empty());
+}
