@@ -10,6 +10,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::buffer::source::SourceBuffer;
+use crate::buffer::BufferOptions;
 use crate::config::{ConfigError, ConfigReader};
 use crate::link::{keep_opening, open_with_retry, LinkError, LinkErrorReason, LinkKey, LinkSpec, Role};
 use crate::metrics::{LinkHealth, LinkMetrics, MetricsSnapshot};
@@ -256,6 +258,8 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
             // At once, so that no tap sees a record of the link while it is being replaced.
             self.taps.set_sensitive(Role::Source, &key, true);
         }
+        let buffer =
+            BufferOptions::from_config(&reader_config).map_err(|e| self.refuse(Role::Source, &key, e.into()))?;
         let config = self
             .source
             .parse_config(&reader_config)
@@ -283,28 +287,43 @@ impl<S: SourceSide, K: SinkConnector> Engine<S, K> {
         }
         self.delete_source_link(&key).await;
         self.taps.set_sensitive(Role::Source, &key, sensitive);
-        let ingest = TappedIngest {
+        let ingest = Arc::new(TappedIngest {
             inner: ingest,
             taps: Arc::clone(&self.taps),
             key: key.clone(),
-        };
+        });
         let metrics = Arc::new(LinkMetrics::default());
         let stop = CancellationToken::new();
         let drain_timeout = settings.drain_timeout;
-        let serve = Arc::clone(&self.source)
-            .start(
-                config,
-                LinkStart {
-                    link: key.clone(),
-                    ingest: Arc::new(ingest),
-                    settings,
-                    metrics: Arc::clone(&metrics),
-                    stop: stop.clone(),
-                    lease,
-                },
-            )
-            .await
-            .map_err(|reason| self.refuse(Role::Source, &key, reason))?;
+        let serve = match buffer {
+            None => Arc::clone(&self.source)
+                .start(config, link_start(&key, ingest, &settings, &metrics, &stop, lease))
+                .await
+                .map_err(|reason| self.refuse(Role::Source, &key, reason))?,
+            Some(options) => {
+                // The reader delivers into the buffer; its drainer delivers to the step.
+                let (buffered, buffer) =
+                    SourceBuffer::start(&key, &options, ingest, &settings, Arc::clone(&metrics), stop.clone())
+                        .await
+                        .map_err(|err| {
+                            let reason =
+                                ConfigError::invalid("buffer_dir", format!("cannot open the source buffer: {err}"));
+                            self.refuse(Role::Source, &key, reason.into())
+                        })?;
+                let link = link_start(&key, Arc::new(buffered), &settings, &metrics, &stop, lease);
+                match Arc::clone(&self.source).start(config, link).await {
+                    Ok(serve) => Box::pin(async move {
+                        serve.await;
+                        buffer.finish().await;
+                    }),
+                    Err(reason) => {
+                        stop.cancel();
+                        buffer.finish().await;
+                        return Err(self.refuse(Role::Source, &key, reason));
+                    }
+                }
+            }
+        };
         let task = tokio::spawn(serve);
         lock(&self.refused).remove(&(Role::Source, key.clone()));
         lock(&self.sources).insert(
@@ -586,6 +605,25 @@ impl<I: Ingest> Ingest for TappedIngest<I> {
 
     fn max_batch_bytes(&self) -> Option<u64> {
         self.inner.max_batch_bytes()
+    }
+}
+
+/// What a source link is started with.
+fn link_start<I>(
+    key: &LinkKey,
+    ingest: Arc<I>,
+    settings: &RunnerSettings,
+    metrics: &Arc<LinkMetrics>,
+    stop: &CancellationToken,
+    lease: Option<crate::lease::Lease>,
+) -> LinkStart<I> {
+    LinkStart {
+        link: key.clone(),
+        ingest,
+        settings: settings.clone(),
+        metrics: Arc::clone(metrics),
+        stop: stop.clone(),
+        lease,
     }
 }
 
@@ -1200,13 +1238,12 @@ mod tests {
         s.sink.set_down(None);
         let newest: Vec<Message> = (30 - kept / 2..30).flat_map(|i| records(&format!("l{i}"), 2)).collect();
         assert!(sink_until(&s.sink, |sink| delivered(sink).ends_with(&newest)).await);
-        // The batch the drainer was already writing when it was dropped may still arrive.
+        // The run of oldest batches the drainer was already writing when they were dropped may
+        // still arrive, ahead of the newest.
         let got = delivered(&s.sink)[before..].to_vec();
-        let in_hand = records("l0", 2);
-        assert!(
-            got == newest || (got[..2] == in_hand[..] && got[2..] == newest[..]),
-            "the oldest were dropped: {got:?}"
-        );
+        let oldest: Vec<Message> = (0..30).flat_map(|i| records(&format!("l{i}"), 2)).collect();
+        let in_hand = &got[..got.len() - newest.len()];
+        assert_eq!(in_hand, &oldest[..in_hand.len()], "the oldest were dropped: {got:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1316,6 +1353,210 @@ mod tests {
                 acknowledged.len()
             );
             assert_eq!(delivered(&sink), acknowledged, "every acknowledged record, in order");
+            engine.shutdown().await;
+        });
+    }
+
+    /// The records `ingest` accepted, with duplicates (at-least-once) removed.
+    fn accepted_once(ingest: &MemoryIngest) -> Vec<Message> {
+        let mut seen = std::collections::HashSet::new();
+        ingest
+            .accepted()
+            .into_iter()
+            .filter(|m| seen.insert(m.payload.clone()))
+            .collect()
+    }
+
+    async fn ingest_until(ingest: &MemoryIngest, done: impl Fn(&[Message]) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        while tokio::time::Instant::now() < deadline {
+            if done(&accepted_once(ingest)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        done(&accepted_once(ingest))
+    }
+
+    fn buffered_source(dir: &std::path::Path, extra: &[(&'static str, &'static str)]) -> Vec<(String, String)> {
+        let mut config = vec![
+            ("buffer".to_string(), "disk".to_string()),
+            ("buffer_dir".to_string(), dir.display().to_string()),
+            ("linger".to_string(), "1ms".to_string()),
+        ];
+        config.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        config
+    }
+
+    async fn put_buffered_source(
+        engine: &Engine<MemorySource, MemorySink>,
+        ingest: &MemoryIngest,
+        key: &LinkKey,
+        config: &[(String, String)],
+    ) -> Result<(), LinkError> {
+        let ingest = ingest.clone();
+        engine
+            .put_source_link(
+                LinkSpec::new(key.clone(), config.iter().cloned().collect()),
+                || async move { Ok(ingest) },
+            )
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_buffered_source_acknowledges_once_buffered_and_delivers_once_the_step_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Setup::new();
+        let key = LinkKey::new("edge-src", "default");
+        let stream = s.source.stream(&key);
+        s.ingest.set_down(Some("the sink behind the step is down"));
+        put_buffered_source(&s.engine, &s.ingest, &key, &buffered_source(dir.path(), &[]))
+            .await
+            .unwrap();
+        let pushed = records("r", 500);
+        stream.push(pushed.clone());
+        assert!(
+            acked(&stream, 500).await,
+            "acked {} of 500 with the step down",
+            stream.acked_count()
+        );
+        assert!(s.ingest.accepted().is_empty());
+        assert!(
+            status_until(&s.engine, |st| st.links[0].metrics.buffered_records == 500
+                && st.links[0].metrics.retried > 0)
+            .await,
+            "all buffered, and the drainer tried the step: {:?}",
+            s.engine.status()
+        );
+        assert!(
+            key.dir_in(dir.path()).join("source").join("lock").exists(),
+            "the source side's own directory"
+        );
+
+        s.ingest.set_down(None);
+        assert!(
+            ingest_until(&s.ingest, |got| got.len() == 500).await,
+            "{} of 500 delivered",
+            accepted_once(&s.ingest).len()
+        );
+        assert_eq!(accepted_once(&s.ingest), pushed, "in read order");
+        assert!(
+            status_until(&s.engine, |st| st.links[0].metrics.buffered_records == 0
+                && st.links[0].metrics.buffer_drained == 500
+                && st.links[0].metrics.delivered == 500)
+            .await,
+            "{:?}",
+            s.engine.status()
+        );
+        // A record the step rejects was already acknowledged: counted, not dead-lettered.
+        stream.push(records("bad", 1));
+        assert!(status_until(&s.engine, |st| st.links[0].metrics.buffer_rejected == 1).await);
+        assert!(stream.dead_letters().is_empty());
+        // The link's delete closes the buffer, so that it can be put again.
+        assert!(s.engine.delete_source_link(&key).await);
+        put_buffered_source(&s.engine, &s.ingest, &key, &buffered_source(dir.path(), &[]))
+            .await
+            .unwrap();
+        stream.push(records("again", 3));
+        assert!(ingest_until(&s.ingest, |got| got.len() == 503).await);
+        s.engine.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_source_buffer_key_at_fault_refuses_the_link_by_name() {
+        let s = Setup::new();
+        let key = LinkKey::new("edge-src-cfg", "polls");
+        let err = s.put_source(&key, &[("buffer", "disk")]).await.unwrap_err().to_string();
+        for needle in ["buffer_dir", "edge-src-cfg", "polls"] {
+            assert!(err.contains(needle), "`{needle}` missing from: {err}");
+        }
+        let err = s
+            .put_source(
+                &key,
+                &[("buffer", "disk"), ("buffer_dir", "/x"), ("buffer_full", "spill")],
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("buffer_full"), "{err}");
+    }
+
+    /// A kill -9 with the source buffer full: the step is down, the source (one that cannot
+    /// replay: what the runner read is gone from it) pushed more than the buffer holds, so the
+    /// link stopped acknowledging; the runtime is dropped with nothing closed. A new engine over
+    /// the same `buffer_dir` delivers every record that was acknowledged to the source.
+    #[test]
+    fn a_killed_engine_with_a_full_source_buffer_loses_no_acknowledged_record() {
+        let runtime = || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let key = LinkKey::new("edge-src-kill", "default");
+        let config = buffered_source(
+            dir.path(),
+            &[
+                ("buffer_max_bytes", "512KiB"),
+                ("max_batch_records", "100"),
+                ("deliver_timeout", "500ms"),
+                ("retry_max", "200ms"),
+            ],
+        );
+        let source = MemorySource::default();
+        let stream = source.stream(&key);
+        let ingest = MemoryIngest::default();
+        ingest.set_down(Some("down"));
+        let pushed = records("k", 20_000);
+        {
+            let rt = runtime();
+            let engine = Engine::new(source.clone(), MemorySink::default());
+            rt.block_on(async {
+                put_buffered_source(&engine, &ingest, &key, &config).await.unwrap();
+                stream.push(pushed.clone());
+                // Full: acknowledgements stop short of what was pushed.
+                let mut last = 0;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let now = stream.acked_count();
+                    if now == last && now > 0 {
+                        break;
+                    }
+                    last = now;
+                }
+                let metrics = engine.status().links[0].metrics;
+                assert_eq!(metrics.buffered_records as usize, stream.acked_count(), "{metrics:?}");
+                assert!(metrics.busy > 0, "the full buffer pushed back: {metrics:?}");
+            });
+            drop(rt);
+        }
+        let acknowledged: Vec<Message> = stream.acked().iter().map(|&o| pushed[o as usize].clone()).collect();
+        assert!(
+            acknowledged.len() >= 10_000 && acknowledged.len() < 20_000,
+            "{} acknowledged",
+            acknowledged.len()
+        );
+
+        ingest.set_down(None);
+        let rt = runtime();
+        let engine = Engine::new(source.clone(), MemorySink::default());
+        rt.block_on(async {
+            put_buffered_source(&engine, &ingest, &key, &config).await.unwrap();
+            assert!(
+                ingest_until(&ingest, |got| got.len() >= acknowledged.len()).await,
+                "{} of {} delivered",
+                accepted_once(&ingest).len(),
+                acknowledged.len()
+            );
+            let got: std::collections::HashSet<Vec<u8>> =
+                accepted_once(&ingest).into_iter().map(|m| m.payload.to_vec()).collect();
+            let lost = acknowledged
+                .iter()
+                .filter(|m| !got.contains(&m.payload.to_vec()))
+                .count();
+            assert_eq!(lost, 0, "acknowledged records lost of {}", acknowledged.len());
             engine.shutdown().await;
         });
     }

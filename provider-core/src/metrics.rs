@@ -90,8 +90,8 @@ pub struct MetricsSnapshot {
     /// rejection can no longer reach the caller: they are logged with their origins and counted.
     #[serde(default)]
     pub buffer_rejected: u64,
-    /// fsync calls of the buffer (one per appended batch, one per drained-position update, and
-    /// one per new segment).
+    /// fsync calls of the buffer (one per appended batch, one per drained-position write: per
+    /// group of drained batches, and one per new segment).
     #[serde(default)]
     pub fsyncs: u64,
 }

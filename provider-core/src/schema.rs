@@ -315,8 +315,8 @@ pub const SOURCE_KEYS: &[Key] = &[
     .default("false"),
 ];
 
-/// The keys the engine reads on every sink link ([`crate::sink::SinkSettings`], the disk
-/// buffer's `buffer*`, the tap's `sensitive`), with the engine's defaults.
+/// The keys the engine reads on every sink link ([`crate::sink::SinkSettings`], the tap's
+/// `sensitive`), with the engine's defaults; the disk buffer's are [`BUFFER_KEYS`].
 pub const SINK_KEYS: &[Key] = &[
     Key::new(
         "max_concurrent_writes",
@@ -333,11 +333,21 @@ pub const SINK_KEYS: &[Key] = &[
     .sink()
     .default("1s"),
     Key::new(
-        "buffer",
-        KeyType::Enum(&["none", "disk"]),
-        "`disk`: writes are answered once in a durable local buffer",
+        "sensitive",
+        KeyType::Bool,
+        "The link's records are never shown to `sluice tap`",
     )
     .sink()
+    .default("false"),
+];
+
+/// The disk buffer's keys ([`crate::buffer::BufferOptions`]), read on source and sink links alike.
+pub const BUFFER_KEYS: &[Key] = &[
+    Key::new(
+        "buffer",
+        KeyType::Enum(&["none", "disk"]),
+        "`disk`: a durable local buffer; a sink write is answered, a source record acknowledged, once it is fsynced there",
+    )
     .default("none"),
     Key::new(
         "buffer_dir",
@@ -346,8 +356,7 @@ pub const SINK_KEYS: &[Key] = &[
     )
     .sink(),
     Key::new("buffer_max_bytes", KeyType::Size, "The buffer's bound on disk")
-        .sink()
-        .default("1GiB"),
+            .default("1GiB"),
     Key::new(
         "buffer_max_age",
         KeyType::Duration,
@@ -359,15 +368,7 @@ pub const SINK_KEYS: &[Key] = &[
         KeyType::Enum(&["block", "drop_oldest"]),
         "What a full buffer does",
     )
-    .sink()
     .default("block"),
-    Key::new(
-        "sensitive",
-        KeyType::Bool,
-        "The link's records are never shown to `sluice tap`",
-    )
-    .sink()
-    .default("false"),
 ];
 
 /// Everything a provider's link config (and its own provider config) may hold.
@@ -408,7 +409,7 @@ impl Schema {
         if sink {
             schema = schema.keys(SINK_KEYS);
         }
-        schema
+        schema.keys(BUFFER_KEYS)
     }
 
     /// A schema that knows no connector keys and lets unknown keys through with a warning, for
@@ -644,7 +645,8 @@ pub fn check_keys<T>(
     let unread: Vec<&str> = schema
         .link
         .iter()
-        .filter(|k| k.has_role(role) && !k.prefix)
+        // The buffer's keys are read only with `buffer = disk`; provider-core's tests cover them.
+        .filter(|k| k.has_role(role) && !k.prefix && !BUFFER_KEYS.contains(k))
         .map(|k| k.name)
         .filter(|name| !read.contains(*name))
         .collect();
@@ -672,6 +674,7 @@ pub fn parse_engine_keys_with(
         Role::Source => {
             crate::RunnerSettings::from_config_or(reader, defaults)?;
             crate::lease::ttl_from(reader)?;
+            crate::buffer::BufferOptions::from_config(reader)?;
         }
         Role::Sink => {
             crate::sink::SinkSettings::from_config(reader)?;
@@ -712,7 +715,7 @@ pub fn readme_keys(readme: &str) -> BTreeMap<String, Vec<String>> {
 
 /// Checks for a provider's tests, against what the provider crate has committed.
 pub mod testing {
-    use super::{readme_keys, Role, Schema, Secrecy, SINK_KEYS, SOURCE_KEYS};
+    use super::{readme_keys, Role, Schema, Secrecy, BUFFER_KEYS, SINK_KEYS, SOURCE_KEYS};
     use std::collections::HashMap;
     use std::path::Path;
 
@@ -750,7 +753,7 @@ pub mod testing {
     /// On the first disagreement.
     pub fn check_readme(schema: &Schema, readme: &str) {
         let rows = readme_keys(readme);
-        let engine = |k: &super::Key| SOURCE_KEYS.contains(k) || SINK_KEYS.contains(k);
+        let engine = |k: &super::Key| SOURCE_KEYS.contains(k) || SINK_KEYS.contains(k) || BUFFER_KEYS.contains(k);
         for key in schema.link.iter().chain(&schema.provider_config) {
             if !engine(key) {
                 assert!(
@@ -934,7 +937,7 @@ mod tests {
     #[test]
     fn the_main_readme_documents_every_engine_key() {
         let readme = include_str!("../../README.md");
-        for key in SOURCE_KEYS.iter().chain(SINK_KEYS) {
+        for key in SOURCE_KEYS.iter().chain(SINK_KEYS).chain(BUFFER_KEYS) {
             assert!(
                 readme.contains(&format!("`{}`", key.name)),
                 "README.md does not document `{}`",

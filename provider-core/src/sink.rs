@@ -93,6 +93,18 @@ impl SinkSettings {
     }
 }
 
+/// Every record of a batch of `records` rejected with `reason`.
+pub(crate) fn reject_all(records: usize, reason: &str) -> Failure {
+    Failure::Reject(
+        (0..records)
+            .map(|i| Rejected {
+                index: u32::try_from(i).unwrap_or(u32::MAX),
+                reason: reason.to_owned(),
+            })
+            .collect(),
+    )
+}
+
 /// One live sink link: its writer once it is open (a degraded link has none yet).
 pub(crate) struct SinkLink<W> {
     pub(crate) writer: OnceLock<W>,
@@ -138,7 +150,13 @@ impl<W: SinkWriter> SinkLink<W> {
         }
         let buffer = Arc::new(buffer);
         let _ = self.buffer.set(Arc::clone(&buffer));
-        let task = tokio::spawn(drainer::run(Arc::clone(self), buffer, key.clone()));
+        let task = tokio::spawn(drainer::run(
+            Arc::clone(self),
+            buffer,
+            key.clone(),
+            Arc::clone(&self.metrics),
+            self.stop.clone(),
+        ));
         *self.drainer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
         Ok(())
     }
@@ -182,38 +200,19 @@ impl<W: SinkWriter> SinkLink<W> {
         deadline: tokio::time::Instant,
     ) -> Result<(), Failure> {
         let records = batch.len();
-        let batch = Arc::new(batch);
-        loop {
-            let freed = buffer.freed().notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            let appending = Arc::clone(&batch);
-            match drainer::blocking(buffer, move |b| b.append(&appending)).await {
-                Ok(()) => return Ok(()),
-                Err(err @ BufferError::Full { .. }) => {
-                    let waited = tokio::time::Instant::now() >= deadline
-                        || tokio::time::timeout_at(deadline, freed).await.is_err();
-                    if waited {
-                        LinkMetrics::add(&self.metrics.busy, 1);
-                        return Err(Failure::Retry(format!("sink buffer full: {key}: {err}")));
-                    }
-                }
-                Err(err @ BufferError::TooLarge { .. }) => {
-                    LinkMetrics::add(&self.metrics.write_failures, 1);
-                    let reason = format!("sink buffer: {err}");
-                    return Err(Failure::Reject(
-                        (0..records)
-                            .map(|i| Rejected {
-                                index: u32::try_from(i).unwrap_or(u32::MAX),
-                                reason: reason.clone(),
-                            })
-                            .collect(),
-                    ));
-                }
-                Err(err) => {
-                    LinkMetrics::add(&self.metrics.write_failures, 1);
-                    return Err(Failure::Retry(format!("sink buffer failed: {key}: {err}")));
-                }
+        match drainer::append_waiting(buffer, Arc::new(batch), deadline).await {
+            Ok(()) => Ok(()),
+            Err(err @ BufferError::Full { .. }) => {
+                LinkMetrics::add(&self.metrics.busy, 1);
+                Err(Failure::Retry(format!("sink buffer full: {key}: {err}")))
+            }
+            Err(err @ BufferError::TooLarge { .. }) => {
+                LinkMetrics::add(&self.metrics.write_failures, 1);
+                Err(reject_all(records, &format!("sink buffer: {err}")))
+            }
+            Err(err) => {
+                LinkMetrics::add(&self.metrics.write_failures, 1);
+                Err(Failure::Retry(format!("sink buffer failed: {key}: {err}")))
             }
         }
     }
@@ -273,5 +272,34 @@ impl<W: SinkWriter> SinkLink<W> {
             Some(writer) => writer.close().await,
             None => Ok(()),
         }
+    }
+}
+
+/// A buffered sink link's drainer writes to the link's writer, once it has one.
+impl<W: SinkWriter> drainer::Target for SinkLink<W> {
+    fn ready(&self) -> bool {
+        self.writer.get().is_some()
+    }
+
+    /// A runner's default batch: 512 records, 1 MiB.
+    fn limits(&self) -> (usize, u64) {
+        (512, 1 << 20)
+    }
+
+    async fn write(&self, batch: Vec<Message>) -> Result<(), Failure> {
+        let Some(writer) = self.writer.get() else {
+            return Err(Failure::Retry("sink not connected".into()));
+        };
+        let records = batch.len();
+        let result = writer.write(batch).await;
+        match &result {
+            Ok(()) => LinkMetrics::add(&self.metrics.written, records),
+            Err(Failure::Reject(rejected)) => {
+                LinkMetrics::add(&self.metrics.write_failures, 1);
+                LinkMetrics::add(&self.metrics.written, records.saturating_sub(rejected.len()));
+            }
+            Err(Failure::Retry(_)) => LinkMetrics::add(&self.metrics.write_failures, 1),
+        }
+        result
     }
 }

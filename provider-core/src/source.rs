@@ -265,7 +265,7 @@ fn lane_free(busy_lanes: &HashSet<u64>, lane: &Option<u64>) -> bool {
 
 /// About what a record takes in a `deliver` call: its bytes (the payload in the wire form, where
 /// each byte from `0x80` takes two) and a little for each length prefix.
-fn encoded_len(message: &Message) -> u64 {
+pub(crate) fn encoded_len(message: &Message) -> u64 {
     let headers: usize = message.headers.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
     let key = message.key.as_ref().map_or(0, |k| k.len());
     (message.wire_payload_len() + key + headers + message.origin.len() + 24) as u64

@@ -386,6 +386,7 @@ impl SinkWriter for MemoryWriter {
 #[derive(Debug, Clone, Default)]
 pub struct MemoryIngest {
     accepted: Arc<Mutex<Vec<Message>>>,
+    down: Arc<Mutex<Option<String>>>,
 }
 
 impl MemoryIngest {
@@ -394,10 +395,19 @@ impl MemoryIngest {
     pub fn accepted(&self) -> Vec<Message> {
         lock(&self.accepted).clone()
     }
+
+    /// While `Some`, every delivery is answered `retry` with this reason (the step or what is
+    /// behind it is down).
+    pub fn set_down(&self, reason: Option<&str>) {
+        *lock(&self.down) = reason.map(str::to_string);
+    }
 }
 
 impl Ingest for MemoryIngest {
     async fn deliver(&self, batch: &[Message]) -> Result<Result<(), Failure>, anyhow::Error> {
+        if let Some(reason) = lock(&self.down).clone() {
+            return Ok(Err(Failure::Retry(reason)));
+        }
         let mut rejected = Vec::new();
         let mut accepted = lock(&self.accepted);
         for (index, message) in batch.iter().enumerate() {

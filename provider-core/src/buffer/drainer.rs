@@ -1,5 +1,6 @@
-//! The background task of a buffered sink link: writes the buffer's batches, oldest first, to
-//! the link's real writer, and marks each drained once the sink has it.
+//! The background task of a buffered link: writes the buffer's batches, oldest first, to the
+//! link's [`Target`] (a sink link's real writer, or a source link's step), and marks each
+//! drained once the target has it.
 //!
 //! `retry` is tried again with backoff, for as long as it takes: later batches wait, so order
 //! holds. `reject` cannot reach the caller any more (its write was answered success when the
@@ -13,14 +14,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{BufferError, DiskBuffer, Pending};
 use crate::backoff::Backoff;
 use crate::link::LinkKey;
 use crate::metrics::{InFlight, LinkMetrics};
-use crate::sink::{SinkLink, SinkWriter};
-use crate::Failure;
+use crate::{Failure, Message};
+
+/// Where a drainer writes its buffer's batches.
+pub(crate) trait Target: Send + Sync + 'static {
+    /// Whether it can take batches now (a degraded sink link has no writer yet).
+    fn ready(&self) -> bool;
+
+    /// The most records and bytes one write may take: the drainer joins consecutive buffered
+    /// batches up to these.
+    fn limits(&self) -> (usize, u64);
+
+    /// Writes one batch, counting the outcome in the link's own counters (`written`,
+    /// `delivered`, ...); `Err(Failure::Retry)` also when it is not ready.
+    fn write(&self, batch: Vec<Message>) -> impl Future<Output = Result<(), Failure>> + Send;
+}
 
 /// How long a deleted link's drainer goes on writing what is buffered.
 pub const FINAL_DRAIN: Duration = Duration::from_secs(5);
@@ -48,7 +63,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// The drainer's view of the link's stop: `None` while the link runs, then the time by which
 /// the final drain ends.
 struct Stop<'a> {
-    token: &'a tokio_util::sync::CancellationToken,
+    token: &'a CancellationToken,
     deadline: Option<Instant>,
 }
 
@@ -74,26 +89,33 @@ impl Stop<'_> {
     }
 }
 
-/// Drains `buffer` into `link`'s writer until the link is deleted (then within [`FINAL_DRAIN`]).
-pub(crate) async fn run<W: SinkWriter>(link: Arc<SinkLink<W>>, buffer: Arc<DiskBuffer>, key: LinkKey) {
+/// Drains `buffer` into `target` until `stop` is cancelled (then within [`FINAL_DRAIN`]).
+pub(crate) async fn run<T: Target>(
+    target: Arc<T>,
+    buffer: Arc<DiskBuffer>,
+    key: LinkKey,
+    metrics: Arc<LinkMetrics>,
+    stop: CancellationToken,
+) {
     let mut stop = Stop {
-        token: &link.stop,
+        token: &stop,
         deadline: None,
     };
     loop {
-        let Some(writer) = link.writer.get() else {
+        if !target.ready() {
             if stop.deadline().is_some() {
                 break;
             }
             let _ = stop.bounded(tokio::time::sleep(WRITER_POLL)).await;
             continue;
-        };
+        }
         let appended = buffer.appended().notified();
         tokio::pin!(appended);
         appended.as_mut().enable();
-        match blocking(&buffer, DiskBuffer::oldest).await {
+        let (max_records, max_bytes) = target.limits();
+        match blocking(&buffer, move |b| b.oldest_run(max_records, max_bytes)).await {
             Ok(Some(pending)) => {
-                if !deliver(&link.metrics, writer, &buffer, &key, pending, &mut stop).await {
+                if !deliver(&metrics, &*target, &buffer, &key, pending, &mut stop).await {
                     break;
                 }
             }
@@ -101,7 +123,17 @@ pub(crate) async fn run<W: SinkWriter>(link: Arc<SinkLink<W>>, buffer: Arc<DiskB
                 if stop.deadline().is_some() {
                     break;
                 }
-                let _ = stop.bounded(appended).await;
+                if !buffer.drained_unsynced() {
+                    let _ = stop.bounded(appended).await;
+                } else if let Some(Err(_)) = stop
+                    .bounded(tokio::time::timeout(buffer.sync_every().interval, appended))
+                    .await
+                {
+                    // Idle for a while: make what was drained durable now, not at the next group.
+                    if let Err(err) = blocking(&buffer, DiskBuffer::sync_drained).await {
+                        error!(component = %key.component, link = %key.name, error = %err, "writing the drained position failed");
+                    }
+                }
             }
             Err(BufferError::Closed) => break,
             Err(err) => {
@@ -113,15 +145,15 @@ pub(crate) async fn run<W: SinkWriter>(link: Arc<SinkLink<W>>, buffer: Arc<DiskB
         }
     }
     if !buffer.is_empty() {
-        info!(component = %key.component, link = %key.name, dir = %buffer.dir().display(), "the sink link stopped with batches left in its buffer: they are written when the link is put again");
+        info!(component = %key.component, link = %key.name, dir = %buffer.dir().display(), "the link stopped with batches left in its buffer: they are written when the link is put again");
     }
 }
 
-/// Writes one batch until the sink has it (then marks it drained) or the final drain ends
+/// Writes one batch until the target has it (then marks it drained) or the final drain ends
 /// (`false`: the batch stays buffered).
-async fn deliver<W: SinkWriter>(
+async fn deliver<T: Target>(
     metrics: &LinkMetrics,
-    writer: &W,
+    target: &T,
     buffer: &Arc<DiskBuffer>,
     key: &LinkKey,
     pending: Pending,
@@ -139,7 +171,7 @@ async fn deliver<W: SinkWriter>(
         );
         let result = {
             let _gauge = InFlight::enter(&metrics.in_flight);
-            let write = tracing::Instrument::instrument(writer.write(pending.batch.clone()), span.clone());
+            let write = tracing::Instrument::instrument(target.write(pending.batch.clone()), span.clone());
             match stop.bounded(write).await {
                 Some(result) => result,
                 None => return false,
@@ -148,26 +180,22 @@ async fn deliver<W: SinkWriter>(
         match result {
             Ok(()) => {
                 span.record("outcome", "written");
-                LinkMetrics::add(&metrics.written, records);
                 break;
             }
             Err(Failure::Reject(rejected)) => {
                 span.record("outcome", "rejected");
-                LinkMetrics::add(&metrics.write_failures, 1);
                 for r in &rejected {
                     let origin = pending.batch.get(r.index as usize).map_or("?", |m| m.origin.as_str());
-                    warn!(component = %key.component, link = %key.name, origin, reason = %r.reason, "the sink rejected a buffered record; its write was already acknowledged, so it is dropped");
+                    warn!(component = %key.component, link = %key.name, origin, reason = %r.reason, "a buffered record was rejected; it was acknowledged when it was buffered, so it is dropped");
                 }
                 LinkMetrics::add(&metrics.buffer_rejected, rejected.len());
-                LinkMetrics::add(&metrics.written, records.saturating_sub(rejected.len()));
                 break;
             }
             Err(Failure::Retry(reason)) => {
                 span.record("outcome", "retry");
-                LinkMetrics::add(&metrics.write_failures, 1);
                 attempt += 1;
                 let delay = RETRY.delay(attempt);
-                warn!(component = %key.component, link = %key.name, %reason, attempt, ?delay, "the sink cannot take a buffered batch yet; trying again");
+                warn!(component = %key.component, link = %key.name, %reason, attempt, ?delay, "a buffered batch cannot be written yet; trying again");
                 if stop.bounded(tokio::time::sleep(delay)).await.is_none() {
                     return false;
                 }
@@ -180,4 +208,27 @@ async fn deliver<W: SinkWriter>(
         error!(component = %key.component, link = %key.name, error = %err, "marking a buffered batch drained failed");
     }
     true
+}
+
+/// Appends `batch` to `buffer`; when it is full (`buffer_full = "block"`), waits for room until
+/// `deadline`, then answers the last [`BufferError::Full`].
+pub(crate) async fn append_waiting(
+    buffer: &Arc<DiskBuffer>,
+    batch: Arc<Vec<Message>>,
+    deadline: Instant,
+) -> Result<(), BufferError> {
+    loop {
+        let freed = buffer.freed().notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        let appending = Arc::clone(&batch);
+        match blocking(buffer, move |b| b.append(&appending)).await {
+            Err(err @ BufferError::Full { .. }) => {
+                if Instant::now() >= deadline || tokio::time::timeout_at(deadline, freed).await.is_err() {
+                    return Err(err);
+                }
+            }
+            other => return other,
+        }
+    }
 }

@@ -7,6 +7,7 @@ use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tracing::{error, warn};
@@ -48,6 +49,10 @@ pub(crate) struct Log {
     active: Active,
     /// The last segment read from, kept open.
     reader: Option<(u64, File)>,
+    /// Batches drained since the drained position was last written.
+    unsynced: usize,
+    /// When the drained position was last written.
+    synced_at: Instant,
     /// Held for as long as the log is open.
     _lock: File,
 }
@@ -120,6 +125,8 @@ impl Log {
             segments,
             active,
             reader: None,
+            unsynced: 0,
+            synced_at: Instant::now(),
             _lock: lock,
         };
         log.publish();
@@ -217,18 +224,68 @@ impl Log {
         Ok(None)
     }
 
+    /// The oldest batch not yet drained together with the batches after it, as long as
+    /// `fits(records so far, next batch)` holds: one write for a run of small batches. The
+    /// position is the last batch's.
+    pub(crate) fn oldest_run(
+        &mut self,
+        now_ms: u64,
+        fits: &dyn Fn(&[crate::Message], &[crate::Message]) -> bool,
+    ) -> Result<Option<Pending>, BufferError> {
+        let Some(mut run) = self.oldest(now_ms)? else {
+            return Ok(None);
+        };
+        let next: Vec<Entry> = self
+            .entries
+            .iter()
+            .skip_while(|e| e.position <= run.position)
+            .copied()
+            .collect();
+        for entry in next {
+            match self.read(entry)? {
+                Some(batch) if fits(&run.batch, &batch) => {
+                    run.batch.extend(batch);
+                    run.position = entry.position;
+                }
+                _ => break,
+            }
+        }
+        Ok(Some(run))
+    }
+
     pub(crate) fn drained(&mut self, position: Position) -> Result<(), BufferError> {
         let mut records = 0;
+        let mut batches = 0;
         while let Some(entry) = self.entries.front().copied().filter(|e| e.position <= position) {
             self.entries.pop_front();
             self.forget(entry);
             records += entry.records;
+            batches += 1;
         }
-        if records > 0 {
-            LinkMetrics::add(&self.metrics.buffer_drained, records);
+        if batches == 0 {
+            return Ok(());
+        }
+        LinkMetrics::add(&self.metrics.buffer_drained, records);
+        self.unsynced += batches;
+        let every = self.options.sync_drained;
+        if self.unsynced >= every.batches.max(1) || self.synced_at.elapsed() >= every.interval {
+            self.advance()
+        } else {
+            self.release()
+        }
+    }
+
+    /// Writes the drained position if batches were drained since it was last written.
+    pub(crate) fn sync_drained(&mut self) -> Result<(), BufferError> {
+        if self.unsynced > 0 {
             self.advance()?;
         }
         Ok(())
+    }
+
+    /// Whether batches were drained since the drained position was last written.
+    pub(crate) fn drained_unsynced(&self) -> bool {
+        self.unsynced > 0
     }
 
     /// Takes `entry`, already removed from `entries`, off the totals.
@@ -273,18 +330,31 @@ impl Log {
         }
     }
 
-    /// Makes the drained position durable and deletes segments with nothing left to drain.
-    fn advance(&mut self) -> Result<(), BufferError> {
-        let position = self.entries.front().map_or(
+    /// Where the oldest batch not yet drained starts (the end of the log when there is none).
+    fn front(&self) -> Position {
+        self.entries.front().map_or(
             Position {
                 segment: self.active.number,
                 offset: self.active.len,
             },
             |e| e.position,
-        );
-        checkpoint::write(&self.dir, position)
+        )
+    }
+
+    /// Makes the drained position durable and deletes segments with nothing left to drain.
+    fn advance(&mut self) -> Result<(), BufferError> {
+        checkpoint::write(&self.dir, self.front())
             .map_err(BufferError::io("writing the drained position in", &self.dir))?;
         LinkMetrics::add(&self.metrics.fsyncs, 1);
+        self.unsynced = 0;
+        self.synced_at = Instant::now();
+        self.release()
+    }
+
+    /// Deletes segments with nothing left to drain. Safe before the drained position says so:
+    /// after a crash, what a stale position points to in a deleted segment was drained.
+    fn release(&mut self) -> Result<(), BufferError> {
+        let position = self.front();
         while let Some(&number) = self.segments.front().filter(|&&n| n < position.segment) {
             let path = segment::path(&self.dir, number);
             if self.reader.as_ref().is_some_and(|(n, _)| *n == number) {

@@ -1,5 +1,6 @@
 //! A durable local buffer for a sink link (`buffer = "disk"`): an append-only log of batches on
-//! local disk, drained in order into the real sink by a background task.
+//! local disk, drained in order into the real sink by a background task. The same buffer serves
+//! a source link (see [`source`]): there it sits between the source and the step.
 //!
 //! A `sink.write` is answered success once its batch is in the log and fsynced; the drainer then
 //! writes the batches, oldest first, to the connector's [`SinkWriter`](crate::SinkWriter),
@@ -11,15 +12,18 @@
 //! - segment files `{n:020}.seg`, each a run of frames (`len | crc32 | body`, the body being the append time and the
 //!   [encoded](crate::codec) batch); a new
 //!   segment starts when the current one reaches its size, and when the log is opened;
-//! - `drained`, the position of the oldest record not yet drained, replaced atomically;
+//! - `drained`, the position of the oldest record not yet drained, replaced atomically; it is
+//!   written once per group of drained batches ([`SyncDrained`]: 64 batches or 100 ms, and
+//!   when the drainer goes idle or the link closes), not once per batch;
 //! - `lock`, held (`flock`) while the log is open, so two processes never share a log.
 //!
 //! # Guarantees
 //! - **kill -9 / power loss**: every batch whose append returned is replayed after a restart,
 //!   in order. On open, a torn tail (a frame cut short, or a last frame whose checksum fails) is
 //!   cut off; a frame in the middle whose checksum fails is skipped and logged (its records are
-//!   lost: bit rot, not a crash, makes such a frame). Batches drained just before the crash may be written to the sink again
-//!   (at-least-once).
+//!   lost: bit rot, not a crash, makes such a frame). The batches drained since the drained
+//!   position was last written (at most one group: [`SyncDrained`]) are written to the sink
+//!   again (at-least-once).
 //! - **disk loss**: nothing in the buffer survives the loss of the disk it is on.
 //! - **full**: with [`FullPolicy::Block`] an append that does not fit is refused (the sink answers
 //!   `retry`, pushing back to the source as without a buffer); with [`FullPolicy::DropOldest`]
@@ -33,6 +37,7 @@ pub(crate) mod drainer;
 mod frame;
 mod log;
 mod segment;
+pub mod source;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -73,6 +78,30 @@ pub struct BufferOptions {
     /// The size at which a new segment file starts (not a link key: an eighth of `max_bytes`,
     /// at least 4 KiB and at most 64 MiB).
     pub segment_bytes: u64,
+    /// How often the drained position is made durable (not a link key).
+    pub sync_drained: SyncDrained,
+}
+
+/// When the drained position is written (and fsynced): once `batches` batches were drained since
+/// it was last written, or `interval` after that, whichever comes first; and when the drainer
+/// finds nothing more to drain for `interval`, and when the log is closed. After a kill -9 the
+/// batches drained since the last write are drained again: at most one group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncDrained {
+    /// Most batches drained between two writes (at least 1).
+    pub batches: usize,
+    /// Longest time between a drained batch and the write that covers it.
+    pub interval: Duration,
+}
+
+impl Default for SyncDrained {
+    /// 64 batches or 100 ms.
+    fn default() -> Self {
+        Self {
+            batches: 64,
+            interval: Duration::from_millis(100),
+        }
+    }
 }
 
 /// The default `buffer_max_bytes`: 1 GiB.
@@ -88,6 +117,7 @@ impl BufferOptions {
             max_age: None,
             full: FullPolicy::Block,
             segment_bytes: (max_bytes / 8).clamp(4 << 10, 64 << 20),
+            sync_drained: SyncDrained::default(),
         }
     }
 
@@ -218,6 +248,7 @@ pub struct Recovered {
 #[derive(Debug)]
 pub struct DiskBuffer {
     dir: PathBuf,
+    sync_every: SyncDrained,
     log: Mutex<Option<Log>>,
     appended: Notify,
     freed: Notify,
@@ -240,6 +271,7 @@ impl DiskBuffer {
         Ok((
             Self {
                 dir,
+                sync_every: options.sync_drained,
                 log: Mutex::new(Some(log)),
                 appended: Notify::new(),
                 freed: Notify::new(),
@@ -282,8 +314,25 @@ impl DiskBuffer {
         result
     }
 
-    /// Marks every batch up to and including the one at `position` drained, durably; deletes
-    /// segments left with nothing to drain.
+    /// The oldest batch not yet drained, joined with the batches after it while the run stays
+    /// within `max_records` records and `max_bytes` bytes (as a `deliver` call counts them); a
+    /// single batch larger than that still comes alone.
+    ///
+    /// # Errors
+    /// When reading fails.
+    pub fn oldest_run(&self, max_records: usize, max_bytes: u64) -> Result<Option<Pending>, BufferError> {
+        let size = |batch: &[Message]| batch.iter().map(crate::source::encoded_len).sum::<u64>();
+        let fits = |run: &[Message], next: &[Message]| {
+            run.len() + next.len() <= max_records && size(run) + size(next) <= max_bytes
+        };
+        let result = self.with_log(|log| log.oldest_run(now_ms(), &fits));
+        self.freed.notify_waiters();
+        result
+    }
+
+    /// Marks every batch up to and including the one at `position` drained and deletes
+    /// segments left with nothing to drain. The drained position is written once per group
+    /// ([`SyncDrained`]); [`sync_drained`](Self::sync_drained) writes it at once.
     ///
     /// # Errors
     /// When the drained position cannot be written.
@@ -293,21 +342,45 @@ impl DiskBuffer {
         result
     }
 
+    /// Writes the drained position if batches were drained since it was last written.
+    ///
+    /// # Errors
+    /// When it cannot be written.
+    pub fn sync_drained(&self) -> Result<(), BufferError> {
+        self.with_log(Log::sync_drained)
+    }
+
+    /// Whether batches were drained since the drained position was last written.
+    #[must_use]
+    pub fn drained_unsynced(&self) -> bool {
+        self.with_log(|log| Ok(log.drained_unsynced())).unwrap_or(false)
+    }
+
+    /// How often the drained position is written.
+    #[must_use]
+    pub fn sync_every(&self) -> SyncDrained {
+        self.sync_every
+    }
+
     /// Whether nothing is left to drain.
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.with_log(|log| Ok(log.is_empty())).unwrap_or(true)
     }
 
-    /// Closes the log: later calls fail with [`BufferError::Closed`], and its lock is released
-    /// so that the link can open it again.
+    /// Closes the log, writing the drained position first: later calls fail with
+    /// [`BufferError::Closed`], and its lock is released so that the link can open it again.
     pub fn close(&self) {
-        drop(
-            self.log
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take(),
-        );
+        let log = self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(mut log) = log {
+            if let Err(err) = log.sync_drained() {
+                tracing::error!(dir = %self.dir.display(), error = %err, "writing the drained position at close failed: the batches drained since it was last written will be drained again");
+            }
+        }
         self.freed.notify_waiters();
         self.appended.notify_waiters();
     }

@@ -213,6 +213,8 @@ fn the_drained_position_survives_a_reopen() {
         let pending = buffer.oldest().unwrap().unwrap();
         buffer.drained(pending.position).unwrap();
     }
+    // Fewer than a group: closing the log writes the position.
+    buffer.close();
     drop(buffer);
     let (replayed, recovered) = replay(dir.path(), &opts);
     assert_eq!(recovered.batches, 2);
@@ -221,6 +223,7 @@ fn the_drained_position_survives_a_reopen() {
     // Fully drained, then reopened: nothing comes back, and new batches still do.
     let (buffer, _, _) = open(dir.path(), &opts);
     drain_all(&buffer);
+    buffer.close();
     drop(buffer);
     let (buffer, recovered, _) = open(dir.path(), &opts);
     assert_eq!(recovered.batches, 0);
@@ -243,9 +246,107 @@ fn drop_oldest_drops_exactly_the_oldest_and_counts_them() {
     let snapshot = metrics.snapshot();
     assert_eq!(snapshot.buffer_dropped, 4, "two batches of two records");
     assert_eq!(snapshot.buffered_records, 6);
-    assert_eq!(drain_all(&buffer), vec![batch("o2", 2), batch("o3", 2), batch("o4", 2)]);
+    let newest = vec![batch("o2", 2), batch("o3", 2), batch("o4", 2)];
     drop(buffer);
-    assert!(replay(dir.path(), &opts).0.is_empty(), "the drops are durable too");
+    assert_eq!(replay(dir.path(), &opts).0, newest, "the drops are durable at once");
+    let (buffer, _, _) = open(dir.path(), &opts);
+    assert_eq!(drain_all(&buffer), newest);
+}
+
+/// Options whose drained position is written every `batches` drained batches, and never for
+/// time's sake.
+fn grouped(dir: &Path, batches: usize) -> BufferOptions {
+    BufferOptions {
+        sync_drained: SyncDrained {
+            batches,
+            interval: Duration::from_secs(3600),
+        },
+        ..options(dir)
+    }
+}
+
+/// Drains the oldest batch, as a drainer does.
+fn drain_one(buffer: &DiskBuffer) -> Vec<Message> {
+    let pending = buffer.oldest().unwrap().expect("a batch to drain");
+    buffer.drained(pending.position).unwrap();
+    pending.batch
+}
+
+#[test]
+fn the_drained_position_is_written_once_per_group_and_a_crash_drains_at_most_one_group_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = grouped(dir.path(), 4);
+    let (buffer, _, metrics) = open(dir.path(), &opts);
+    let all: Vec<_> = (0..10).map(|i| batch(&format!("g{i}"), 2)).collect();
+    for b in &all {
+        buffer.append(b).unwrap();
+    }
+    let before = metrics.fsyncs.load(Relaxed);
+    for b in &all {
+        assert_eq!(&drain_one(&buffer), b);
+    }
+    assert_eq!(
+        metrics.fsyncs.load(Relaxed) - before,
+        2,
+        "one position write after the 4th and the 8th of 10 drained batches"
+    );
+    assert!(buffer.drained_unsynced());
+    // kill -9: the log is dropped without closing. The last two drained batches come back
+    // (fewer than a group); the eight before them do not, and nothing is lost.
+    drop(buffer);
+    let (replayed, recovered) = replay(dir.path(), &opts);
+    assert_eq!(replayed, all[8..].to_vec());
+    assert_eq!(recovered.batches, 2);
+
+    // A position written every batch (a zero interval) leaves nothing to drain again.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = BufferOptions {
+        sync_drained: SyncDrained {
+            batches: 64,
+            interval: Duration::ZERO,
+        },
+        ..options(dir.path())
+    };
+    let (buffer, _, metrics) = open(dir.path(), &opts);
+    for b in &all {
+        buffer.append(b).unwrap();
+    }
+    let before = metrics.fsyncs.load(Relaxed);
+    for _ in 0..3 {
+        drain_one(&buffer);
+    }
+    assert_eq!(
+        metrics.fsyncs.load(Relaxed) - before,
+        3,
+        "the interval had passed each time"
+    );
+    assert!(!buffer.drained_unsynced());
+    drop(buffer);
+    assert_eq!(replay(dir.path(), &opts).0, all[3..].to_vec());
+}
+
+#[test]
+fn sync_drained_writes_a_partial_group_and_segments_go_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = BufferOptions {
+        segment_bytes: frame_len("p0", 3),
+        ..grouped(dir.path(), 1000)
+    };
+    let (buffer, _, metrics) = open(dir.path(), &opts);
+    for i in 0..6 {
+        buffer.append(&batch(&format!("p{i}"), 3)).unwrap();
+    }
+    for _ in 0..4 {
+        drain_one(&buffer);
+    }
+    // Drained segments are deleted at once, before the position says so: disk stays bounded.
+    assert!(segment::list(dir.path()).unwrap().len() <= 3);
+    let before = metrics.fsyncs.load(Relaxed);
+    buffer.sync_drained().unwrap();
+    buffer.sync_drained().unwrap();
+    assert_eq!(metrics.fsyncs.load(Relaxed) - before, 1, "once, then nothing to write");
+    drop(buffer);
+    assert_eq!(replay(dir.path(), &opts).0, vec![batch("p4", 3), batch("p5", 3)]);
 }
 
 #[test]
@@ -341,4 +442,32 @@ fn link_keys_read_from_config() {
         let err = read(&[("buffer", "disk"), ("buffer_dir", "d"), (key, value)]).unwrap_err();
         assert_eq!(err.key(), key);
     }
+}
+
+#[test]
+fn a_run_joins_consecutive_batches_within_the_limits_and_drains_them_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (buffer, _, metrics) = open(dir.path(), &options(dir.path()));
+    for i in 0..5 {
+        buffer.append(&batch(&format!("j{i}"), 3)).unwrap();
+    }
+    let run = buffer.oldest_run(7, u64::MAX).unwrap().unwrap();
+    assert_eq!(
+        run.batch,
+        [batch("j0", 3), batch("j1", 3)].concat(),
+        "two batches fit 7 records"
+    );
+    buffer.drained(run.position).unwrap();
+    assert_eq!(metrics.snapshot().buffered_records, 9);
+    // A batch larger than the limit still comes alone; the byte limit counts too.
+    assert_eq!(buffer.oldest_run(1, u64::MAX).unwrap().unwrap().batch, batch("j2", 3));
+    let one = batch("j2", 3).iter().map(crate::source::encoded_len).sum::<u64>();
+    assert_eq!(
+        buffer.oldest_run(100, one * 2 - 1).unwrap().unwrap().batch,
+        batch("j2", 3)
+    );
+    let rest = buffer.oldest_run(100, u64::MAX).unwrap().unwrap();
+    assert_eq!(rest.batch, [batch("j2", 3), batch("j3", 3), batch("j4", 3)].concat());
+    buffer.drained(rest.position).unwrap();
+    assert!(buffer.is_empty());
 }
