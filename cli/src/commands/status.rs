@@ -46,9 +46,9 @@ async fn status(args: Args) -> anyhow::Result<()> {
     // Each link's counters (and a multi-step pipeline's hop backlogs), once wadm knows it.
     let progress = match (&status, &spec) {
         (None, _) => None,
-        (Some(_), AnySpec::Single(single)) => Some(Counters::Single(
+        (Some(_), AnySpec::Single(single)) => Some(Counters::Single(Box::new(
             Progress::fetch(&nats, lattice, &Ids::of(single)).await,
-        )),
+        ))),
         (Some(_), AnySpec::Dag(dag)) => Some(Counters::Dag(progress_of(&nats, dag).await)),
     };
     if args.json {
@@ -110,7 +110,7 @@ async fn status(args: Args) -> anyhow::Result<()> {
 
 /// A pipeline's counters: one source and one sink link, or every link and hop of a multi-step one.
 enum Counters {
-    Single(Progress),
+    Single(Box<Progress>),
     Dag(DagProgress),
 }
 
