@@ -19,7 +19,95 @@ use provider_archive::ProviderArchive;
 /// The keys directory every archive is signed with (`cargo xtask par`'s).
 pub use xtask::keys::Keys;
 
+use crate::dag::spec::{AnySpec, DagSpec, HOP_PROVIDER};
 use crate::spec::{Endpoint, PipelineSpec};
+
+/// A pipeline whose providers run with identities of its own: its name and lattice, and the
+/// providers it starts itself with the secrets their links read. Both spec forms are one.
+pub trait OwnProviders {
+    /// The pipeline's lattice.
+    fn lattice(&self) -> &str;
+    /// The pipeline's name.
+    fn name(&self) -> &str;
+    /// Each provider package the pipeline starts itself (not a `shared:` one), once, with the
+    /// secret names of every link it serves, in the order they appear in the spec.
+    fn own_providers(&self) -> anyhow::Result<Vec<(String, Vec<String>)>>;
+}
+
+/// Adds `endpoint`'s provider (unless shared) and secrets to `wanted`.
+fn want(wanted: &mut Vec<(String, Vec<String>)>, endpoint: &Endpoint) -> anyhow::Result<()> {
+    if endpoint.shared.is_some() {
+        return Ok(());
+    }
+    want_package(wanted, package(endpoint)?, endpoint.secrets.values().cloned());
+    Ok(())
+}
+
+fn want_package(wanted: &mut Vec<(String, Vec<String>)>, provider: String, secrets: impl Iterator<Item = String>) {
+    match wanted.iter_mut().find(|(p, _)| *p == provider) {
+        Some((_, held)) => held.extend(secrets),
+        None => wanted.push((provider, secrets.collect())),
+    }
+}
+
+impl OwnProviders for PipelineSpec {
+    fn lattice(&self) -> &str {
+        &self.lattice
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn own_providers(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+        let mut wanted = Vec::new();
+        for endpoint in [&self.source, &self.sink] {
+            want(&mut wanted, endpoint)?;
+        }
+        Ok(wanted)
+    }
+}
+
+impl OwnProviders for DagSpec {
+    fn lattice(&self) -> &str {
+        &self.lattice
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The source provider, the sinks' providers, then the JetStream hop provider (with the
+    /// hops' secrets), each once.
+    fn own_providers(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+        let mut wanted = Vec::new();
+        for endpoint in self.source_endpoint().into_iter().chain(self.sinks.values()) {
+            want(&mut wanted, endpoint)?;
+        }
+        if self.hops.shared.is_none() {
+            let kind = crate::spec::provider_kind(HOP_PROVIDER).context("no JetStream provider")?;
+            want_package(&mut wanted, kind.package(), self.hops.secrets.values().cloned());
+        }
+        Ok(wanted)
+    }
+}
+
+impl OwnProviders for AnySpec {
+    fn lattice(&self) -> &str {
+        AnySpec::lattice(self)
+    }
+
+    fn name(&self) -> &str {
+        AnySpec::name(self)
+    }
+
+    fn own_providers(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+        match self {
+            Self::Single(spec) => spec.own_providers(),
+            Self::Dag(spec) => spec.own_providers(),
+        }
+    }
+}
 
 /// The archive of provider `package` in `dir`: `<dir>/<package>.par.gz`.
 #[must_use]
@@ -71,15 +159,15 @@ pub async fn inspect(path: &Path) -> anyhow::Result<ArchiveInfo> {
 /// Where a pipeline's own copies of its provider archives live, under the archives' directory
 /// `par_dir`: `<par_dir>/pipelines/<lattice>/<pipeline>` (relative: [`pipeline_path`]).
 #[must_use]
-pub fn pipeline_dir(par_dir: &Path, spec: &PipelineSpec) -> PathBuf {
+pub fn pipeline_dir(par_dir: &Path, spec: &(impl OwnProviders + ?Sized)) -> PathBuf {
     par_dir.join(pipeline_path(spec))
 }
 
 /// `pipelines/<lattice>/<pipeline>`: where a pipeline's copies are, below a directory of archives
 /// (or an OCI repository prefix, see [`crate::manifest::Images::under`]).
 #[must_use]
-pub fn pipeline_path(spec: &PipelineSpec) -> String {
-    format!("pipelines/{}/{}", spec.lattice, spec.name)
+pub fn pipeline_path(spec: &(impl OwnProviders + ?Sized)) -> String {
+    format!("pipelines/{}/{}", spec.lattice(), spec.name())
 }
 
 /// A pipeline's own copy of a provider archive.
@@ -118,32 +206,23 @@ impl PipelineArchive {
 /// Writes the pipeline's own copies of its providers' archives: for each provider the pipeline
 /// starts itself (not a `shared:` one), `<par_dir>/<provider>.par.gz` re-signed with the issuer
 /// and the pipeline's service key for that provider from `keys`, into [`pipeline_dir`]. A copy
-/// that is already there, signed so and with the same binary, is kept. One provider serving both
+/// that is already there, signed so and with the same binary, is kept. A multi-step pipeline's
+/// copies are its source's, its sinks' and its JetStream hop provider's (holding the hops'
+/// secrets). One provider serving both
 /// ends has one copy (and one identity) holding both ends' secrets.
 pub async fn sign_for_pipeline(
-    spec: &PipelineSpec,
+    spec: &(impl OwnProviders + ?Sized),
     par_dir: &Path,
     keys: &Keys,
 ) -> anyhow::Result<Vec<PipelineArchive>> {
     let issuer = std::sync::Arc::new(keys.issuer()?);
     let dir = pipeline_dir(par_dir, spec);
     // One copy per provider package, with the secrets of every end it serves.
-    let mut wanted: Vec<(String, Vec<String>)> = Vec::new();
-    for endpoint in [&spec.source, &spec.sink] {
-        if endpoint.shared.is_some() {
-            continue;
-        }
-        let provider = package(endpoint)?;
-        let secrets = endpoint.secrets.values().cloned();
-        match wanted.iter_mut().find(|(p, _)| *p == provider) {
-            Some((_, held)) => held.extend(secrets),
-            None => wanted.push((provider, secrets.collect())),
-        }
-    }
+    let wanted = spec.own_providers()?;
     // Signed side by side: each is a decompression and a recompression of a whole archive.
     let mut tasks = tokio::task::JoinSet::new();
     for (index, (provider, _)) in wanted.iter().enumerate() {
-        let service = keys.pipeline_service(&spec.lattice, &spec.name, provider)?;
+        let service = keys.pipeline_service(spec.lattice(), spec.name(), provider)?;
         let from = path(par_dir, provider);
         anyhow::ensure!(
             from.is_file(),
@@ -179,4 +258,56 @@ fn package(endpoint: &Endpoint) -> anyhow::Result<String> {
     crate::spec::provider_kind(&endpoint.provider)
         .map(|kind| kind.package())
         .with_context(|| format!("unknown provider `{}`", endpoint.provider))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multi_step_pipeline_signs_its_source_sinks_and_hop_provider_once_each() {
+        let spec = AnySpec::parse(
+            "
+name: fanout
+lattice: customer-a
+source: { provider: mqtt, config: { topics: 'sensors/#' }, secrets: { password: mqtt-password } }
+steps:
+  clean: { component: c.wasm, to: [archive, cold, warehouse] }
+sinks:
+  archive: { provider: s3, config: { bucket: a }, secrets: { secret_access_key: s3-a } }
+  cold: { provider: s3, config: { bucket: c }, secrets: { secret_access_key: s3-c } }
+  warehouse: { provider: kafka, config: { topic: t }, shared: kafka-apps }
+hops: { secrets: { password: hop-password } }
+",
+        )
+        .unwrap();
+        assert_eq!(
+            spec.own_providers().unwrap(),
+            [
+                ("sluice-provider-mqtt".to_string(), vec!["mqtt-password".to_string()]),
+                (
+                    "sluice-provider-s3".to_string(),
+                    vec!["s3-a".to_string(), "s3-c".to_string()]
+                ),
+                (
+                    "sluice-provider-jetstream".to_string(),
+                    vec!["hop-password".to_string()]
+                ),
+            ]
+        );
+        assert_eq!(
+            pipeline_dir(Path::new("/par"), &spec),
+            Path::new("/par/pipelines/customer-a/fanout")
+        );
+        // A shared hop provider is not the pipeline's to sign.
+        let AnySpec::Dag(mut dag) = spec else {
+            panic!("a multi-step spec")
+        };
+        dag.hops.shared = Some("hops".into());
+        assert!(!dag
+            .own_providers()
+            .unwrap()
+            .iter()
+            .any(|(p, _)| p.contains("jetstream")));
+    }
 }

@@ -65,15 +65,7 @@ impl Deployment {
     /// Like [`Deployment::start`] with explicit images.
     pub async fn start_with(nats: &async_nats::Client, spec: &PipelineSpec, images: &Images) -> anyhow::Result<Self> {
         let manifest = render(spec, images);
-        let wadm = WadmClient::new(nats.clone(), &spec.lattice);
-        let name = &spec.name;
-        let stored = wadm.store(name, manifest.version(), &manifest.to_yaml()).await?;
-        wadm.deploy_and_wait(name, Some(manifest.version()), DEPLOY_TIMEOUT)
-            .await
-            .with_context(|| format!("pipeline `{name}` did not deploy"))?;
-        let replaced = converge_links(nats, &spec.lattice, &manifest, DEPLOY_TIMEOUT)
-            .await
-            .with_context(|| format!("pipeline `{name}`: the host's links do not match its manifest"))?;
+        let (wadm, stored, replaced) = deploy_manifest(nats, &spec.lattice, &spec.name, &manifest).await?;
         Ok(Self {
             spec: spec.clone(),
             ids: Ids::of(spec),
@@ -160,14 +152,39 @@ impl Deployment {
     /// Undeploys the pipeline (wadm deletes its links, so sources drain, and stops its providers
     /// and step), waits for it, and deletes the manifest.
     pub async fn undeploy(self) -> anyhow::Result<()> {
-        let name = &self.spec.name;
-        self.wadm.undeploy(name).await?;
-        self.wadm
-            .wait_for(name, StatusType::Undeployed, DEPLOY_TIMEOUT)
-            .await
-            .with_context(|| format!("pipeline `{name}` did not undeploy"))?;
-        self.wadm.delete(name).await
+        undeploy_and_delete(&self.wadm, &self.spec.name).await
     }
+}
+
+/// Stores `manifest` in wadm on `lattice` as application `name` (a version wadm holds already
+/// is not stored again), deploys that version, waits until wadm reports it deployed, and
+/// replaces the links the host holds with an earlier version's config (see [`converge_links`]).
+/// One-step and multi-step pipelines deploy through here.
+pub async fn deploy_manifest(
+    nats: &async_nats::Client,
+    lattice: &str,
+    name: &str,
+    manifest: &Manifest,
+) -> anyhow::Result<(WadmClient, Stored, Vec<ExpectedLink>)> {
+    let wadm = WadmClient::new(nats.clone(), lattice);
+    let stored = wadm.store(name, manifest.version(), &manifest.to_yaml()).await?;
+    wadm.deploy_and_wait(name, Some(manifest.version()), DEPLOY_TIMEOUT)
+        .await
+        .with_context(|| format!("pipeline `{name}` did not deploy"))?;
+    let replaced = converge_links(nats, lattice, manifest, DEPLOY_TIMEOUT)
+        .await
+        .with_context(|| format!("pipeline `{name}`: the host's links do not match its manifest"))?;
+    Ok((wadm, stored, replaced))
+}
+
+/// Undeploys application `name`, waits until wadm reports it undeployed, and deletes its
+/// stored versions.
+pub async fn undeploy_and_delete(wadm: &WadmClient, name: &str) -> anyhow::Result<()> {
+    wadm.undeploy(name).await?;
+    wadm.wait_for(name, StatusType::Undeployed, DEPLOY_TIMEOUT)
+        .await
+        .with_context(|| format!("pipeline `{name}` did not undeploy"))?;
+    wadm.delete(name).await
 }
 
 /// A shared providers application (see [`crate::manifest::render_shared_providers`]) deployed

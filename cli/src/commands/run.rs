@@ -16,7 +16,7 @@ use sluice_deploy::dag::{AnySpec, DagDeployment, DagSpec};
 use sluice_deploy::local::LocalLattice;
 use sluice_deploy::pipeline::Deployment;
 use sluice_deploy::secrets::SecretEntry;
-use sluice_deploy::spec::{ConfigValue, PipelineSpec};
+use sluice_deploy::spec::PipelineSpec;
 
 use super::lattice::LOCAL_NATS;
 
@@ -73,18 +73,12 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     );
     let spec_dir = args.spec.parent().map_or_else(|| PathBuf::from("."), PathBuf::from);
     let par_dir = args.par_dir.clone().unwrap_or_else(default_par_dir);
-    // The pipeline's own copies of the archives, signed before anything starts. A multi-step
-    // pipeline runs from the build's archives for now: one identity per provider, not per pipeline.
-    let par_dir = match &spec {
-        AnySpec::Single(single) => {
-            let keys = args.keys.open()?;
-            let mut signed = Vec::new();
-            super::sign::sign(single, &par_dir, &keys, &mut signed).await?;
-            eprint!("{}", String::from_utf8_lossy(&signed));
-            sluice_deploy::archive::pipeline_dir(&par_dir, single)
-        }
-        AnySpec::Dag(_) => par_dir,
-    };
+    // The pipeline's own copies of the archives (a multi-step pipeline's hop provider's too),
+    // signed before anything starts.
+    let mut signed = Vec::new();
+    super::sign::sign(&spec, &par_dir, &args.keys.open()?, &mut signed).await?;
+    eprint!("{}", String::from_utf8_lossy(&signed));
+    let par_dir = sluice_deploy::archive::pipeline_dir(&par_dir, &spec);
     let secrets: HashMap<String, SecretEntry> = args
         .secrets
         .iter()
@@ -122,10 +116,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
             lattice.serve_secrets(&backend, secrets).await?;
             // Hops without a server of their own go through this lattice's JetStream.
             if let AnySpec::Dag(dag) = &mut spec {
-                dag.hops
-                    .config
-                    .entry("url".into())
-                    .or_insert_with(|| ConfigValue::String(lattice.nats_url().to_string()));
+                dag.default_hops_url(lattice.nats_url());
             }
             let nats = lattice.nats().clone();
             (Some(lattice), nats)

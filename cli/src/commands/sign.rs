@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use sluice_deploy::archive::{sign_for_pipeline, Keys, PipelineArchive};
-use sluice_deploy::spec::PipelineSpec;
+use sluice_deploy::archive::{sign_for_pipeline, Keys, OwnProviders, PipelineArchive};
+use sluice_deploy::dag::AnySpec;
 
 /// Where the signing keys are: the same directory `cargo xtask par` signs with.
 #[derive(Debug, Clone, clap::Args)]
@@ -44,7 +44,7 @@ pub struct Args {
 
 /// Signs the spec's copies and prints their subjects.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let spec = PipelineSpec::from_file(&args.spec)?;
+    let spec = AnySpec::from_file(&args.spec)?;
     let par_dir = args.par_dir.clone().unwrap_or_else(super::run::default_par_dir);
     let keys = args.keys.open()?;
     super::lattice::runtime()?.block_on(sign(&spec, &par_dir, &keys, &mut std::io::stdout()))?;
@@ -55,7 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// each, its path, subject and issuer and the `nats-kv` mapping that grants it the pipeline's
 /// secrets, to `out`.
 pub async fn sign(
-    spec: &PipelineSpec,
+    spec: &(impl OwnProviders + ?Sized),
     par_dir: &Path,
     keys: &Keys,
     out: &mut dyn std::io::Write,
@@ -64,8 +64,8 @@ pub async fn sign(
     writeln!(
         out,
         "pipeline `{}` on lattice `{}`: its own provider identities (keys in {})",
-        spec.name,
-        spec.lattice,
+        spec.name(),
+        spec.lattice(),
         keys.dir().display()
     )?;
     for copy in &signed {

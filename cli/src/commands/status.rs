@@ -1,13 +1,14 @@
 //! `sluice status [pipeline.yaml]`: a pipeline's state in wadm (status, deployed version, stored
-//! versions) and each link's counters and refusals as its providers report them; without a spec,
+//! versions) and each link's counters and refusals as its providers report them (a multi-step
+//! pipeline's every link, and each hop's stream and per-consumer backlog from JetStream); without a spec,
 //! every application wadm holds on `--lattice`. `--json` for scripts.
 
 use std::path::PathBuf;
 
 use serde_json::json;
+use sluice_deploy::dag::{progress_of, AnySpec};
 use sluice_deploy::manifest::Ids;
-use sluice_deploy::progress::Progress;
-use sluice_deploy::spec::PipelineSpec;
+use sluice_deploy::progress::{DagProgress, Progress};
 use sluice_deploy::wadm::WadmClient;
 
 use super::lattice::{runtime, LatticeUrl};
@@ -37,36 +38,52 @@ async fn status(args: Args) -> anyhow::Result<()> {
     let Some(path) = &args.spec else {
         return list(&WadmClient::new(nats, &args.lattice), &args.lattice, args.json).await;
     };
-    let spec = PipelineSpec::from_file(path)?;
-    let wadm = WadmClient::new(nats.clone(), &spec.lattice);
-    let (status, versions) = tokio::try_join!(wadm.status(&spec.name), wadm.versions(&spec.name))?;
+    let spec = AnySpec::from_file(path)?;
+    let (name, lattice) = (spec.name(), spec.lattice());
+    let wadm = WadmClient::new(nats.clone(), lattice);
+    let (status, versions) = tokio::try_join!(wadm.status(name), wadm.versions(name))?;
     let deployed = versions.iter().find(|v| v.deployed).map(|v| v.version.clone());
-    let progress = match &status {
-        Some(_) => Progress::fetch(&nats, &spec.lattice, &Ids::of(&spec)).await,
-        None => Progress::default(),
+    // Each link's counters (and a multi-step pipeline's hop backlogs), once wadm knows it.
+    let progress = match (&status, &spec) {
+        (None, _) => None,
+        (Some(_), AnySpec::Single(single)) => Some(Counters::Single(Box::new(
+            Progress::fetch(&nats, lattice, &Ids::of(single)).await,
+        ))),
+        (Some(_), AnySpec::Dag(dag)) => Some(Counters::Dag(progress_of(&nats, dag).await)),
     };
     if args.json {
         let (state, message) = status.map_or((None, String::new()), |(t, m)| (Some(t), m));
-        let report = json!({
-            "name": spec.name,
-            "lattice": spec.lattice,
+        let mut report = json!({
+            "name": name,
+            "lattice": lattice,
             "status": state,
             "message": message,
             "deployed_version": deployed,
             "versions": versions.iter().map(|v| &v.version).collect::<Vec<_>>(),
-            "links": progress,
         });
+        match progress {
+            Some(Counters::Single(p)) => report["links"] = serde_json::to_value(p)?,
+            Some(Counters::Dag(p)) => {
+                report["links"] = serde_json::to_value(&p.links)?;
+                report["hops"] = serde_json::to_value(&p.hops)?;
+                report["refused"] = serde_json::to_value(&p.refused)?;
+            }
+            None if matches!(spec, AnySpec::Single(_)) => report["links"] = serde_json::to_value(Progress::default())?,
+            None => {
+                report["links"] = json!([]);
+                report["hops"] = json!([]);
+                report["refused"] = json!([]);
+            }
+        }
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let Some((state, message)) = status else {
-        println!("`{}` is not known on lattice `{}`", spec.name, spec.lattice);
+        println!("`{name}` is not known on lattice `{lattice}`");
         return Ok(());
     };
     println!(
-        "`{}` on lattice `{}`: {state:?}{}",
-        spec.name,
-        spec.lattice,
+        "`{name}` on lattice `{lattice}`: {state:?}{}",
         if message.is_empty() {
             String::new()
         } else {
@@ -78,8 +95,23 @@ async fn status(args: Args) -> anyhow::Result<()> {
         deployed.as_deref().unwrap_or("none deployed"),
         versions.len()
     );
-    println!("  links: {progress}");
+    match progress {
+        Some(Counters::Single(p)) => println!("  links: {p}"),
+        Some(Counters::Dag(p)) => {
+            println!("  links and hops:");
+            for line in p.to_string().lines() {
+                println!("    {line}");
+            }
+        }
+        None => {}
+    }
     Ok(())
+}
+
+/// A pipeline's counters: one source and one sink link, or every link and hop of a multi-step one.
+enum Counters {
+    Single(Box<Progress>),
+    Dag(DagProgress),
 }
 
 async fn list(wadm: &WadmClient, lattice: &str, json: bool) -> anyhow::Result<()> {

@@ -1,13 +1,14 @@
-//! `sluice undeploy pipeline.yaml`: undeploy the pipeline through wadm on its lattice (its links
-//! are deleted, so sources drain and acknowledge, and its providers and step stop), and wait
+//! `sluice undeploy pipeline.yaml`: undeploy the pipeline (one step or several) through wadm on
+//! its lattice (its links are deleted, so sources drain and acknowledge, and its providers and
+//! steps stop; a multi-step pipeline's hop streams stay, with what is not consumed yet), and wait
 //! until wadm reports it undeployed. Its stored versions stay for a later deploy unless
 //! `--delete`.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use sluice_deploy::dag::AnySpec;
 use sluice_deploy::pipeline::DEPLOY_TIMEOUT;
-use sluice_deploy::spec::PipelineSpec;
 use sluice_deploy::wadm::WadmClient;
 use wadm_types::api::StatusType;
 
@@ -31,19 +32,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn undeploy(args: Args) -> anyhow::Result<()> {
-    let spec = PipelineSpec::from_file(&args.spec)?;
-    let wadm = WadmClient::new(args.lattice.connect().await?, &spec.lattice);
-    let name = &spec.name;
+    let spec = AnySpec::from_file(&args.spec)?;
+    let (name, lattice) = (spec.name(), spec.lattice());
+    let wadm = WadmClient::new(args.lattice.connect().await?, lattice);
     anyhow::ensure!(
         wadm.status(name).await?.is_some(),
-        "`{name}` is not deployed on lattice `{}`",
-        spec.lattice
+        "`{name}` is not deployed on lattice `{lattice}`"
     );
     wadm.undeploy(name).await?;
     wadm.wait_for(name, StatusType::Undeployed, DEPLOY_TIMEOUT)
         .await
         .with_context(|| format!("`{name}` did not undeploy"))?;
-    println!("undeployed `{name}` on lattice `{}`", spec.lattice);
+    println!("undeployed `{name}` on lattice `{lattice}`");
     if args.delete {
         wadm.delete(name).await?;
         println!("deleted every stored version of `{name}`");

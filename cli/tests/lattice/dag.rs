@@ -9,6 +9,7 @@
 use sluice_compose::compose::{relay, ComposeOptions};
 use sluice_deploy::dag::{DagDeployment, DagSpec};
 use sluice_deploy::progress::DagProgress;
+use wadm_types::api::StatusType;
 
 use super::*;
 
@@ -443,5 +444,176 @@ async fn the_middle_step_at_three_instances_over_two_hosts_moves_the_same_record
     );
     at_three.undeploy().await.unwrap();
     at_one.undeploy().await.unwrap();
+    lattice.stop().await.unwrap();
+}
+
+/// A multi-step spec for `sluice deploy`: MQTT -> clean -> JetStream hop -> relay -> S3 `bucket`.
+fn deployed_dag_spec(mqtt: &Mosquitto, s3: &S3Server, nats_url: &str, bucket: &str) -> String {
+    format!(
+        "name: dag-deployed
+lattice: customer-e
+source: {{ provider: mqtt, config: {{ url: '{}', topics: 'dagdeploy/#', qos: 1 }} }}
+steps:
+  clean: {{ component: steps/sensors.wasm, to: [archive] }}
+sinks:
+  archive:
+    provider: s3
+    config: {{ endpoint: '{}', bucket: {bucket}, payload_encoding: utf8, max_object_age: 1s }}
+    secrets: {{ access_key_id: customer-e-s3-access-key-id, secret_access_key: customer-e-s3-secret-access-key }}
+hops: {{ config: {{ url: '{nats_url}' }} }}
+",
+        mqtt.url(),
+        s3.endpoint()
+    )
+}
+
+/// The JSON `sluice status --json` prints for a multi-step spec, and the entry of its link
+/// `from -> to`.
+fn dag_link<'a>(report: &'a Value, from: &str, to: &str) -> &'a Value {
+    report["links"]
+        .as_array()
+        .and_then(|links| links.iter().find(|l| l["from"] == from && l["to"] == to))
+        .unwrap_or_else(|| panic!("no link {from} -> {to} in {report}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sluice_deploy_of_a_multi_step_spec_shows_each_link_and_hop_redeploys_a_change_and_undeploys() {
+    use super::deploy::{deployed_version, sluice};
+    sluice_integration::init_tracing();
+    let _permit = LATTICES.acquire().await.unwrap();
+    let started = tokio::time::Instant::now();
+    let (par, dir) = (archives().await, pipeline_dir());
+    let relay_step = relay(&ComposeOptions::default()).expect("compose the relay");
+    std::fs::write(dir.join("steps/relay.wasm"), &relay_step.bytes).unwrap();
+    let (mqtt, s3) = (Mosquitto::start().unwrap(), S3Server::start().unwrap());
+    let client = s3.client();
+    for bucket in ["first", "second"] {
+        s3.create_bucket(bucket).await.unwrap();
+    }
+    let mut lattice = LocalLattice::start(None).await.unwrap();
+    lattice.add_host("customer-e").await.unwrap();
+    let name = "dag-deployed";
+    lattice
+        .serve_secrets("nats-kv", secrets(name, &s3, "customer-e"))
+        .await
+        .unwrap();
+    let url = lattice.nats_url().to_string();
+    let spec = dir.join("dag-deployed.yaml");
+    let (spec_arg, par_arg) = (spec.to_str().unwrap(), par.to_str().unwrap());
+    let write_spec = |bucket: &str| std::fs::write(&spec, deployed_dag_spec(&mqtt, &s3, &url, bucket)).unwrap();
+    let (source, clean, relay_archive, sink) = (
+        "dag-deployed-mqtt",
+        "dag-deployed-step-clean",
+        "dag-deployed-relay-archive",
+        "dag-deployed-s3",
+    );
+
+    // First deploy: the pipeline's own provider copies (the hop provider's too), on the spec's
+    // lattice only, every link live.
+    write_spec("first");
+    let out = sluice(&url, &["deploy", spec_arg, "--par-dir", par_arg]);
+    assert!(out.contains("(first version)") && out.contains("links live"), "{out}");
+    for provider in ["mqtt", "s3", "jetstream"] {
+        assert!(
+            out.contains(&format!(
+                "pipelines/customer-e/{name}/sluice-provider-{provider}.par.gz"
+            )),
+            "{provider} is not run from the pipeline's own copy: {out}"
+        );
+    }
+    let v1 = deployed_version(&out);
+    assert!(matches!(
+        lattice.wadm("customer-e").status(name).await.unwrap(),
+        Some((StatusType::Deployed, _))
+    ));
+    assert!(lattice.wadm("default").versions(name).await.unwrap().is_empty());
+    let n = 50;
+    probe_until_landed(&mqtt, "dagdeploy/plant-e", &s3, "first", String::new).await;
+    let wanted = expected("first-", n);
+    publish(&mqtt, "dagdeploy/plant-e", "first-", n);
+    assert_landed("DAG deploy v1", &wait_s3(&client, "first", &wanted).await, &wanted, "");
+
+    // Status: each link's counters and the hop's stream and backlog, as JSON and as text.
+    let status_of = || serde_json::from_str::<Value>(&sluice(&url, &["status", spec_arg, "--json"])).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let report = loop {
+        let report = status_of();
+        let written = dag_link(&report, relay_archive, sink)["status"]["metrics"]["written"]
+            .as_u64()
+            .unwrap_or(0);
+        let hop = &report["hops"][0];
+        let backlog = hop["consumers"][0]["pending"]
+            .as_u64()
+            .zip(hop["consumers"][0]["unacked"].as_u64());
+        if written >= n as u64 && backlog == Some((0, 0)) {
+            break report;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all written and acknowledged: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(report["status"], "deployed", "{report}");
+    assert_eq!(report["deployed_version"], v1.as_str(), "{report}");
+    assert!(report["refused"].as_array().unwrap().is_empty(), "{report}");
+    let into_clean = &dag_link(&report, source, clean)["status"]["metrics"];
+    assert!(into_clean["acked"].as_u64().unwrap() >= n as u64, "{report}");
+    let from_hop = &dag_link(&report, "dag-deployed-jetstream", relay_archive)["status"]["metrics"];
+    assert!(from_hop["acked"].as_u64().unwrap() >= n as u64, "{report}");
+    let hop = &report["hops"][0];
+    assert_eq!(hop["stream"], "sluice_customer-e_dag-deployed_clean", "{report}");
+    assert!(hop["messages"].as_u64().unwrap() >= n as u64, "{report}");
+    assert_eq!(hop["consumers"][0]["name"], "archive", "{report}");
+    let text = sluice(&url, &["status", spec_arg]);
+    assert!(
+        text.contains(&format!("{clean} -> dag-deployed-jetstream: out"))
+            && text.contains("hop clean (sluice_customer-e_dag-deployed_clean)")
+            && text.contains("archive: backlog 0"),
+        "{text}"
+    );
+    eprintln!("sluice status after {n} readings:\n{text}");
+
+    // The same spec again: nothing to do.
+    let out = sluice(&url, &["deploy", spec_arg, "--par-dir", par_arg]);
+    assert!(out.contains("unchanged"), "{out}");
+    assert_eq!(deployed_version(&out), v1);
+
+    // Another bucket: a new version, the relay's sink link put again with its new config.
+    write_spec("second");
+    let out = sluice(&url, &["deploy", spec_arg, "--par-dir", par_arg]);
+    assert!(out.contains("(new version)"), "{out}");
+    let v2 = deployed_version(&out);
+    assert_ne!(v2, v1);
+    assert!(
+        out.contains(&format!("replaced link {relay_archive} -> {sink}")),
+        "{out}"
+    );
+    probe_until_landed(&mqtt, "dagdeploy/plant-e", &s3, "second", String::new).await;
+    let wanted = expected("second-", n);
+    publish(&mqtt, "dagdeploy/plant-e", "second-", n);
+    assert_landed("DAG deploy v2", &wait_s3(&client, "second", &wanted).await, &wanted, "");
+    let first = s3_records(&client, "first").await;
+    assert!(
+        !first.keys().any(|k| k.starts_with("second-")),
+        "the old config kept writing: {first:?}"
+    );
+    let report = status_of();
+    assert_eq!(report["deployed_version"], v2.as_str(), "{report}");
+    assert_eq!(report["versions"].as_array().unwrap().len(), 2, "{report}");
+
+    // Undeploy, then delete: its providers stop answering, wadm forgets it.
+    let out = sluice(&url, &["undeploy", spec_arg, "--delete"]);
+    assert!(out.contains("undeployed") && out.contains("deleted"), "{out}");
+    assert!(lattice.wadm("customer-e").versions(name).await.unwrap().is_empty());
+    for provider in [source, sink, "dag-deployed-jetstream"] {
+        let subject = sluice_provider_status_subject("customer-e", provider);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while lattice.nats().request(subject.clone(), "".into()).await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "{provider} still answers");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    eprintln!("DAG deploy, status, redeploy, undeploy in {:?}", started.elapsed());
     lattice.stop().await.unwrap();
 }

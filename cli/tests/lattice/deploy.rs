@@ -9,7 +9,7 @@ use wadm_types::api::StatusType;
 use super::*;
 
 /// Runs `sluice <args> --lattice-url <url>`; returns stdout, failing with stderr on an error.
-fn sluice(url: &str, args: &[&str]) -> String {
+pub(crate) fn sluice(url: &str, args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .env("SLUICE_KEYS_DIR", crate::common::lattice::keys_dir())
         .args(args)
@@ -29,7 +29,7 @@ fn sluice(url: &str, args: &[&str]) -> String {
 }
 
 /// The version in `deployed `name` version V on lattice ...`.
-fn deployed_version(out: &str) -> String {
+pub(crate) fn deployed_version(out: &str) -> String {
     out.split(" version ")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())

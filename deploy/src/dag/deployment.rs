@@ -4,13 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use wadm_types::api::StatusType;
-
 use super::render::{render_dag, DagIds, DagImages};
 use super::spec::{DagSpec, HOP_PROVIDER};
 use crate::manifest::{ExpectedLink, Manifest};
-use crate::pipeline::{converge_links, DEPLOY_TIMEOUT, RELINK_AFTER};
+use crate::pipeline::{deploy_manifest, undeploy_and_delete, RELINK_AFTER};
 use crate::progress::DagProgress;
 use crate::wadm::{Stored, WadmClient};
 
@@ -54,15 +51,7 @@ impl DagDeployment {
     /// Like [`DagDeployment::start`] with explicit images.
     pub async fn start_with(nats: &async_nats::Client, spec: &DagSpec, images: &DagImages) -> anyhow::Result<Self> {
         let manifest = render_dag(spec, images);
-        let wadm = WadmClient::new(nats.clone(), &spec.lattice);
-        let name = &spec.name;
-        let stored = wadm.store(name, manifest.version(), &manifest.to_yaml()).await?;
-        wadm.deploy_and_wait(name, Some(manifest.version()), DEPLOY_TIMEOUT)
-            .await
-            .with_context(|| format!("pipeline `{name}` did not deploy"))?;
-        let replaced = converge_links(nats, &spec.lattice, &manifest, DEPLOY_TIMEOUT)
-            .await
-            .with_context(|| format!("pipeline `{name}`: the host's links do not match its manifest"))?;
+        let (wadm, stored, replaced) = deploy_manifest(nats, &spec.lattice, &spec.name, &manifest).await?;
         Ok(Self {
             spec: spec.clone(),
             ids: DagIds::of(spec),
@@ -160,14 +149,17 @@ impl DagDeployment {
     /// and components), waits for it, and deletes the manifest. The hop streams stay (with
     /// whatever is not consumed yet) for the next deploy.
     pub async fn undeploy(self) -> anyhow::Result<()> {
-        let name = &self.spec.name;
-        self.wadm.undeploy(name).await?;
-        self.wadm
-            .wait_for(name, StatusType::Undeployed, DEPLOY_TIMEOUT)
-            .await
-            .with_context(|| format!("pipeline `{name}` did not undeploy"))?;
-        self.wadm.delete(name).await
+        undeploy_and_delete(&self.wadm, &self.spec.name).await
     }
+}
+
+/// The counters of `spec`'s links and hops as its providers and JetStream report them now,
+/// without deploying anything (`sluice status`): the links are those `spec` renders to (the same
+/// whatever the images).
+pub async fn progress_of(nats: &async_nats::Client, spec: &DagSpec) -> DagProgress {
+    let manifest = render_dag(spec, &DagImages::under(crate::manifest::DEFAULT_ARTIFACTS, spec));
+    let jetstream = hop_client(spec).await;
+    DagProgress::fetch(nats, &spec.lattice, &manifest, &DagIds::of(spec), jetstream.as_ref()).await
 }
 
 /// A JetStream client for reading hop backlogs: to the hops' `url` (provider-jetstream's default

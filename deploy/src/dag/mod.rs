@@ -6,6 +6,6 @@ pub mod deployment;
 pub mod render;
 pub mod spec;
 
-pub use deployment::DagDeployment;
+pub use deployment::{progress_of, DagDeployment};
 pub use render::{render_dag, DagIds, DagImages, Hop, HopConsumer};
 pub use spec::{AnySpec, DagSource, DagSpec, DagStep, Hops, PipelineRef, Relay};

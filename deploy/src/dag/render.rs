@@ -189,10 +189,12 @@ pub struct DagImages {
 
 impl DagImages {
     /// Everything from one place, as [`crate::manifest::Images::under`]: a directory or `file://`
-    /// URL, or an OCI repository prefix.
+    /// URL, or an OCI repository prefix; the providers are the pipeline's own copies
+    /// (`<base>/pipelines/<lattice>/<pipeline>/...`, written by `sluice sign`).
     #[must_use]
     pub fn under(base: &str, spec: &DagSpec) -> Self {
         let base = base.trim_end_matches('/');
+        let own = crate::archive::pipeline_path(spec);
         let part = |name: Option<&std::ffi::OsStr>| name.map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         if base.starts_with("file://") || base.starts_with('/') {
             let base = if base.starts_with('/') {
@@ -202,20 +204,21 @@ impl DagImages {
             };
             Self::with(
                 spec,
-                |package| format!("{base}/{package}.par.gz"),
+                |package| format!("{base}/{own}/{package}.par.gz"),
                 |path| format!("{base}/{}", part(path.file_name())),
             )
         } else {
             let version = env!("CARGO_PKG_VERSION");
             Self::with(
                 spec,
-                |package| format!("{base}/{package}:{version}"),
+                |package| format!("{base}/{own}/{package}:{version}"),
                 |path| format!("{base}/{}:{}", part(path.file_stem()), spec.version),
             )
         }
     }
 
-    /// Local files: archives in `par_dir`, components at their paths relative to `spec_dir`.
+    /// Local files: archives in `par_dir` (for the pipeline's own copies, pass
+    /// [`crate::archive::pipeline_dir`]), components at their paths relative to `spec_dir`.
     #[must_use]
     pub fn local(spec: &DagSpec, par_dir: &Path, spec_dir: &Path) -> Self {
         let file = |path: &Path| {
@@ -338,7 +341,7 @@ pub fn render_dag(spec: &DagSpec, images: &DagImages) -> Manifest {
     for (kind, provider_config) in &provider_configs {
         let name = provider_name(kind, &None);
         let mut traits = vec![Trait::Spreadscaler {
-            instances: 1,
+            instances: spec.provider_instances(kind),
             spread: Vec::new(),
         }];
         traits.extend(provider_links.remove(&name).unwrap_or_default());
@@ -631,5 +634,69 @@ sinks:
         assert!(manifest
             .to_yaml()
             .contains("subject_prefix: sluice.customer-a.fanout.clean\n"));
+    }
+
+    /// The spreadscaler instances of the manifest component `name`.
+    fn instances_of(manifest: &Manifest, name: &str) -> Option<usize> {
+        manifest
+            .spec
+            .components
+            .iter()
+            .find(|c| c.name == name)?
+            .traits
+            .iter()
+            .find_map(|t| match t {
+                Trait::Spreadscaler { instances, .. } => Some(*instances),
+                Trait::Link(_) => None,
+            })
+    }
+
+    #[test]
+    fn a_sinks_instances_scale_its_provider() {
+        let (_, one) = rendered(FANOUT);
+        for provider in ["jetstream", "kafka", "mqtt", "s3"] {
+            assert_eq!(instances_of(&one, provider), Some(1), "{provider}");
+        }
+        let (spec, two) = rendered(&FANOUT.replace("config: { topic: t } }", "config: { topic: t }, instances: 2 }"));
+        assert_eq!(spec.provider_instances("kafka"), 2);
+        assert_eq!(instances_of(&two, "kafka"), Some(2));
+        for provider in ["jetstream", "mqtt", "s3"] {
+            assert_eq!(instances_of(&two, provider), Some(1), "{provider}");
+        }
+        assert_ne!(one.version(), two.version());
+        // Two sinks of one kind share a provider: it runs at the most either asks for.
+        let (_, shared_kind) = rendered(
+            &FANOUT
+                .replace(
+                    "provider: kafka, config: { topic: t } }",
+                    "provider: s3, config: { bucket: w }, instances: 3 }",
+                )
+                .replace("bucket: a }", "bucket: a }, instances: 2"),
+        );
+        assert_eq!(instances_of(&shared_kind, "s3"), Some(3));
+        // The source's `instances` scale the source provider the same way.
+        let (_, source) = rendered(&FANOUT.replace("topics: 'sensors/#' } }", "topics: 'sensors/#' }, instances: 2 }"));
+        assert_eq!(instances_of(&source, "mqtt"), Some(2));
+    }
+
+    #[test]
+    fn images_under_a_base_are_the_pipelines_own_provider_copies() {
+        let spec = DagSpec::parse(FANOUT).unwrap();
+        let files = DagImages::under("/opt/sluice", &spec);
+        assert_eq!(
+            files.providers["jetstream"],
+            "file:///opt/sluice/pipelines/customer-a/fanout/sluice-provider-jetstream.par.gz"
+        );
+        assert_eq!(files.steps["clean"], "file:///opt/sluice/clean.wasm");
+        assert_eq!(files.relay, "file:///opt/sluice/relay.wasm");
+        let oci = DagImages::under("registry.example.com/sluice", &spec);
+        assert_eq!(
+            oci.providers["s3"],
+            format!(
+                "registry.example.com/sluice/pipelines/customer-a/fanout/sluice-provider-s3:{}",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+        assert_eq!(oci.steps["enrich"], "registry.example.com/sluice/enrich:0.1.0");
     }
 }

@@ -317,6 +317,18 @@ impl DagSpec {
         Self::parse(&read(path)?)
     }
 
+    /// Sets the hops' server `url` to `url` when the spec does not name one (`sluice run` and
+    /// `sluice deploy`: the lattice's own nats-server); returns whether it did.
+    pub fn default_hops_url(&mut self, url: &str) -> bool {
+        if self.hops.config.contains_key("url") {
+            return false;
+        }
+        self.hops
+            .config
+            .insert("url".into(), ConfigValue::String(url.to_string()));
+        true
+    }
+
     /// The step the source feeds: the one no step sends to.
     #[must_use]
     pub fn first_step(&self) -> &str {
@@ -395,6 +407,46 @@ impl DagSpec {
         providers
     }
 
+    /// Instances of the provider of `kind` the pipeline runs itself: the most any of its
+    /// endpoints of that kind asks for (`source.instances`, `sinks.<name>.instances`), default 1.
+    /// Every instance gets every link; a relay's calls to a sink go to one of its instances.
+    #[must_use]
+    pub fn provider_instances(&self, kind: &str) -> usize {
+        self.source_endpoint()
+            .into_iter()
+            .chain(self.sinks.values())
+            .filter(|e| e.shared.is_none() && e.provider == kind)
+            .filter_map(|e| e.instances)
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// `instances` of the source and sinks: at least 1, only on a pipeline's own provider.
+    fn check_endpoint_instances(&self) -> Result<(), SpecError> {
+        let endpoints = self
+            .source_endpoint()
+            .map(|e| ("source".to_string(), e))
+            .into_iter()
+            .chain(self.sinks.iter().map(|(n, e)| (format!("sinks.{n}"), e)));
+        for (path, endpoint) in endpoints {
+            match endpoint.instances {
+                Some(0) => return Err(SpecError::field(format!("{path}.instances"), "expected at least 1")),
+                Some(n) if n > 1 && path != "source" && endpoint.provider == "mqtt" => return Err(SpecError::field(
+                    format!("{path}.instances"),
+                    "expected no more than 1 instance of an MQTT sink (its instances would share one MQTT client id)",
+                )),
+                Some(_) if endpoint.shared.is_some() => {
+                    return Err(SpecError::field(
+                        format!("{path}.instances"),
+                        "expected no `instances` with `shared` (the shared application runs the provider)",
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), SpecError> {
         if !is_app_name(&self.name) {
             return Err(SpecError::field(
@@ -434,6 +486,7 @@ impl DagSpec {
                 ));
             }
         }
+        self.check_endpoint_instances()?;
         self.check_hops()?;
         self.check_providers()?;
         for (path, component) in self
@@ -898,5 +951,56 @@ sink: { provider: s3, config: { bucket: b } }
         let (path, expected) = refused(&yaml);
         assert_eq!(path, "sinks.cold.provider_config");
         assert!(expected.contains("`sinks.archive`"), "{expected}");
+    }
+
+    #[test]
+    fn a_sinks_or_sources_instances_are_checked() {
+        let cases = [
+            (
+                "config: { topic: t } }",
+                "config: { topic: t }, instances: 0 }",
+                "sinks.warehouse.instances",
+                "at least 1",
+            ),
+            (
+                "config: { topic: t } }",
+                "config: { topic: t }, shared: kafka-apps, instances: 2 }",
+                "sinks.warehouse.instances",
+                "no `instances` with `shared`",
+            ),
+            (
+                "topics: 'sensors/#' } }",
+                "topics: 'sensors/#' }, instances: 0 }",
+                "source.instances",
+                "at least 1",
+            ),
+            (
+                "provider: kafka, config: { topic: t } }",
+                "provider: mqtt, config: { topic: t }, instances: 2 }",
+                "sinks.warehouse.instances",
+                "one MQTT client id",
+            ),
+        ];
+        for (from, to, path, expected) in cases {
+            assert!(FANOUT.contains(from), "{from}");
+            let (got_path, got) = refused(&FANOUT.replacen(from, to, 1));
+            assert_eq!(got_path, path, "{got}");
+            assert!(got.contains(expected), "{path}: `{got}` lacks `{expected}`");
+        }
+        let spec =
+            DagSpec::parse(&FANOUT.replace("config: { topic: t } }", "config: { topic: t }, instances: 2 }")).unwrap();
+        assert_eq!(
+            (spec.provider_instances("kafka"), spec.provider_instances("s3")),
+            (2, 1)
+        );
+    }
+
+    #[test]
+    fn the_hops_url_defaults_only_when_not_given() {
+        let mut spec = DagSpec::parse(FANOUT).unwrap();
+        assert!(spec.default_hops_url("nats://local:4222"));
+        assert_eq!(spec.hops.config["url"].to_string(), "nats://local:4222");
+        assert!(!spec.default_hops_url("nats://other:4222"));
+        assert_eq!(spec.hops.config["url"].to_string(), "nats://local:4222");
     }
 }
