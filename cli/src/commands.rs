@@ -2,6 +2,7 @@
 
 pub mod compose;
 pub mod deploy;
+pub mod dev;
 pub mod lattice;
 pub mod new;
 pub mod render;

@@ -7,4 +7,6 @@
 //! `sluice-deploy`.
 
 pub mod cases;
+pub mod project;
 pub mod templates;
+pub mod watch;

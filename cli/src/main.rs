@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{compose, deploy, new, render, run, schema, sign, status, tap, test, undeploy};
+use commands::{compose, deploy, dev, new, render, run, schema, sign, status, tap, test, undeploy};
 
 /// Sluice: ETL pipelines on wasmCloud.
 #[derive(Debug, Parser)]
@@ -33,6 +33,8 @@ enum Command {
     Sign(sign::Args),
     /// Run a pipeline on a local lattice (embedded wasmCloud host and wadm) until Ctrl-C.
     Run(run::Args),
+    /// Run a pipeline locally like `run`, rebuilding the logic and replacing the step in place when its sources change.
+    Dev(dev::Args),
     /// Deploy a pipeline through wadm on its lattice (a new version when the spec changed).
     Deploy(deploy::Args),
     /// Undeploy a pipeline through wadm.
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Render(args) => render::run(args),
         Command::Sign(args) => sign::run(args),
         Command::Run(args) => run::run(args),
+        Command::Dev(args) => dev::run(args),
         Command::Deploy(args) => deploy::run(args),
         Command::Undeploy(args) => undeploy::run(args),
         Command::Status(args) => status::run(args),

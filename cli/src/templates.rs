@@ -15,7 +15,8 @@ const CASES: &str = include_str!("../templates/cases.yaml");
 /// A language customer logic can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Language {
-    /// Rust with `wit-bindgen`, built with Debian's rustc-web and `-Zbuild-std`.
+    /// Rust with `wit-bindgen`, built for rustup's `wasm32-wasip2` target (or, where no rustup
+    /// target can be added, with Debian's rustc-web and `-Zbuild-std`).
     Rust,
     /// Python with `componentize-py`.
     Python,

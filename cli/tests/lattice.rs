@@ -11,6 +11,8 @@ mod common;
 mod dag;
 #[path = "lattice/deploy.rs"]
 mod deploy;
+#[path = "lattice/dev.rs"]
+mod dev;
 #[path = "lattice/examples.rs"]
 mod examples;
 #[path = "lattice/instances.rs"]

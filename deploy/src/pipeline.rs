@@ -30,6 +30,7 @@ pub struct Deployment {
     pub ids: Ids,
     stored: Stored,
     replaced: Vec<ExpectedLink>,
+    step_image: String,
     wadm: WadmClient,
     nats: async_nats::Client,
 }
@@ -72,6 +73,7 @@ impl Deployment {
             manifest,
             stored,
             replaced,
+            step_image: images.step.clone(),
             wadm,
             nats: nats.clone(),
         })
@@ -147,6 +149,62 @@ impl Deployment {
             relinked += 1;
         }
         Ok(relinked)
+    }
+
+    /// Waits until every host running the step runs it from this version's image, and returns
+    /// how many hosts were told to. wadm 0.21 starts a component whose image changed only where
+    /// none runs: a host still running the step from an earlier version's image is told to update
+    /// it in place (the host starts the new component, moves its links to it, then stops the old
+    /// one), so the step is replaced without being stopped.
+    pub async fn update_step(&self, within: Duration) -> anyhow::Result<usize> {
+        let ctl = wasmcloud_control_interface::ClientBuilder::new(self.nats.clone())
+            .lattice(&self.spec.lattice)
+            .build();
+        let deadline = tokio::time::Instant::now() + within;
+        let mut told: Vec<String> = Vec::new();
+        loop {
+            let hosts = ctl
+                .get_hosts()
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot list the hosts of lattice `{}`: {e}", self.spec.lattice))?;
+            let mut running = 0;
+            let mut stale = Vec::new();
+            for host in hosts.into_iter().filter_map(|h| h.into_data()) {
+                let Ok(inventory) = ctl.get_host_inventory(host.id()).await else {
+                    continue;
+                };
+                let Some(inventory) = inventory.into_data() else {
+                    continue;
+                };
+                for component in inventory.components().iter().filter(|c| c.id() == self.ids.step) {
+                    running += 1;
+                    if component.image_ref() != self.step_image {
+                        stale.push((host.id().to_string(), component.annotations().cloned()));
+                    }
+                }
+            }
+            if running > 0 && stale.is_empty() {
+                return Ok(told.len());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "step `{}` not running from {} within {within:?} ({running} running, {} from another image)",
+                self.ids.step,
+                self.step_image,
+                stale.len()
+            );
+            // wadm's annotations (which application manages the step) carry over.
+            for (host, annotations) in stale {
+                if !told.contains(&host) {
+                    tracing::info!(%host, step = %self.ids.step, image = %self.step_image, "updating the step in place");
+                    ctl.update_component(&host, &self.ids.step, &self.step_image, annotations)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("host {host} cannot update step `{}`: {e}", self.ids.step))?;
+                    told.push(host);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Undeploys the pipeline (wadm deletes its links, so sources drain, and stops its providers
