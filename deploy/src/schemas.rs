@@ -228,6 +228,17 @@ mod tests {
             &["creds"],
         )
         .unwrap();
+        // The disk buffer's keys hold on source links as on sink links.
+        for (provider, role) in [("http-inproc", "source"), ("modbus", "source"), ("kafka", "sink")] {
+            let buffer = [
+                ("buffer", "disk"),
+                ("buffer_dir", "/var/lib/sluice/buffer"),
+                ("buffer_max_bytes", "64MiB"),
+                ("buffer_max_age", "1h"),
+                ("buffer_full", "drop_oldest"),
+            ];
+            ok(provider, role, &buffer, &[]).unwrap_or_else(|e| panic!("{provider} {role}: {e}"));
+        }
     }
 
     fn examples() -> Vec<std::path::PathBuf> {

@@ -353,16 +353,13 @@ pub const BUFFER_KEYS: &[Key] = &[
         "buffer_dir",
         KeyType::String,
         "The buffer's directory (required with `buffer = disk`)",
-    )
-    .sink(),
-    Key::new("buffer_max_bytes", KeyType::Size, "The buffer's bound on disk")
-            .default("1GiB"),
+    ),
+    Key::new("buffer_max_bytes", KeyType::Size, "The buffer's bound on disk").default("1GiB"),
     Key::new(
         "buffer_max_age",
         KeyType::Duration,
         "Batches older than this are dropped from the buffer (default: kept)",
-    )
-    .sink(),
+    ),
     Key::new(
         "buffer_full",
         KeyType::Enum(&["block", "drop_oldest"]),

@@ -194,7 +194,10 @@ async fn a_killed_kafka_provider_serving_both_ends_is_restarted_and_nothing_is_l
                 }
             });
             futures::future::join_all(sends).await;
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            // Paced over about 24 s: the group gives the first member its partition only after
+            // a join of several seconds, and the restarted one after another: orders must still
+            // arrive then, or the restarted provider has nothing left to move.
+            tokio::time::sleep(Duration::from_millis(800)).await;
         }
     });
     kill_and_resume(&deployment, &host, "sluice-provider-kafka", "sink").await;
