@@ -1527,7 +1527,13 @@ mod tests {
                     last = now;
                 }
                 let metrics = engine.status().links[0].metrics;
-                assert_eq!(metrics.buffered_records as usize, stream.acked_count(), "{metrics:?}");
+                // Every acknowledged record is in the buffer; a batch still waiting for room
+                // holds back the acknowledgement of those buffered after it (read order).
+                assert!(
+                    metrics.buffered_records as usize >= stream.acked_count(),
+                    "acknowledged {} with {metrics:?}",
+                    stream.acked_count()
+                );
                 assert!(metrics.busy > 0, "the full buffer pushed back: {metrics:?}");
             });
             drop(rt);
