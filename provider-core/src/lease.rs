@@ -109,17 +109,7 @@ impl std::fmt::Debug for Leases {
 /// bucket name cannot hold replaced by `_`.
 #[must_use]
 pub fn bucket_for_lattice(lattice: &str) -> String {
-    let name: String = lattice
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("sluice-leases-{name}")
+    format!("sluice-leases-{}", crate::link::identifier(lattice))
 }
 
 /// `text` as one token of a KV key: bytes outside `A-Z a-z 0-9 - _` are written `=XX` (hex), so

@@ -64,17 +64,23 @@ impl LinkKey {
     /// lets a user choose the name where two links would meet.
     #[must_use]
     pub fn identifier(&self, prefix: &str) -> String {
-        format!("{prefix}-{}-{}", self.component, self.name)
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
+        identifier(&format!("{prefix}-{}-{}", self.component, self.name))
     }
+}
+
+/// `text` with every character other than ASCII letters, digits, `-` and `_` replaced by `_`: a
+/// name for systems that allow only those (readable rather than injective).
+#[must_use]
+pub fn identifier(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// `text` as one file name: bytes outside `A-Z a-z 0-9 - _ .` are percent-encoded (`/` is `%2F`,

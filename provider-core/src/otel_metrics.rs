@@ -12,7 +12,7 @@ use std::sync::Arc;
 use opentelemetry::metrics::{AsyncInstrument, Meter, ObservableCounter, ObservableGauge};
 use opentelemetry::KeyValue;
 
-use crate::engine::Status;
+use crate::engine::{LinkStatus, Status};
 use crate::metrics::MetricsSnapshot;
 
 /// The instrumentation scope Sluice's metrics are reported under.
@@ -171,6 +171,9 @@ fn observe(status: &StatusFn, read: fn(&MetricsSnapshot) -> u64, observer: &dyn 
     }
 }
 
+/// A gauge of a live link's state: its name, its description, and when it is 1.
+type LinkFlag = (&'static str, &'static str, fn(&LinkStatus) -> bool);
+
 /// Registers one instrument per link counter on `meter`, plus `sluice.link.degraded` (1 while a
 /// live link cannot reach its system), `sluice.link.standby` (1 while another instance of the
 /// provider reads the link) and `sluice.link.refused` (1 for each refused link).
@@ -202,32 +205,36 @@ pub fn register(meter: &Meter, status: StatusFn) -> LinkInstruments {
                 .build()
         })
         .collect();
-    let degraded = Arc::clone(&status);
-    levels.push(
-        meter
-            .u64_observable_gauge("sluice.link.degraded")
-            .with_description("1 while a live link cannot reach its system (the engine keeps trying).")
-            .with_callback(move |observer| {
-                for link in degraded().links {
-                    let value = u64::from(link.degraded.is_some());
-                    observer.observe(value, &attributes(&link.role, &link.component, &link.name));
-                }
-            })
-            .build(),
-    );
-    let standby = Arc::clone(&status);
-    levels.push(
-        meter
-            .u64_observable_gauge("sluice.link.standby")
-            .with_description("1 while another instance of the provider holds the link's lease and reads it.")
-            .with_callback(move |observer| {
-                for link in standby().links {
-                    let value = u64::from(link.standby_for.is_some());
-                    observer.observe(value, &attributes(&link.role, &link.component, &link.name));
-                }
-            })
-            .build(),
-    );
+    // Gauges of a live link's state: 1 while `state` holds for it.
+    let flags: [LinkFlag; 2] = [
+        (
+            "sluice.link.degraded",
+            "1 while a live link cannot reach its system (the engine keeps trying).",
+            |link| link.degraded.is_some(),
+        ),
+        (
+            "sluice.link.standby",
+            "1 while another instance of the provider holds the link's lease and reads it.",
+            |link| link.standby_for.is_some(),
+        ),
+    ];
+    for (name, description, state) in flags {
+        let status = Arc::clone(&status);
+        levels.push(
+            meter
+                .u64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |observer| {
+                    for link in status().links {
+                        observer.observe(
+                            u64::from(state(&link)),
+                            &attributes(&link.role, &link.component, &link.name),
+                        );
+                    }
+                })
+                .build(),
+        );
+    }
     levels.push(
         meter
             .u64_observable_gauge("sluice.link.refused")
